@@ -1,0 +1,55 @@
+"""Tree attention on top of a KV cache, through the stock HF 4D-mask / position-id interfaces.
+
+One implementation, shared by the decoding engine (verification of a draft tree) and by the VSD E-step
+(the target as oracle over many sampled paths at once).
+
+A tree of N nodes is given by ``parents`` (N,), each entry the index of the node's parent in the same
+array or -1 for a child of the prefix. Nodes must be topologically ordered (parent index < own index).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def ancestor_matrix(parents: torch.Tensor) -> torch.Tensor:
+    """(N, N) bool: [i, j] is True when node j is node i itself or one of its ancestors."""
+    n = parents.numel()
+    anc = torch.eye(n, dtype=torch.bool, device=parents.device)
+    par = parents.tolist()
+    for i, p in enumerate(par):
+        if p >= 0:
+            if p >= i:
+                raise ValueError(f"parents must be topologically ordered: node {i} has parent {p}")
+            anc[i] |= anc[p]
+    return anc
+
+
+def node_depths(parents: torch.Tensor) -> torch.Tensor:
+    """(N,) long: 1 for children of the prefix, 2 for their children, ..."""
+    d: list[int] = []
+    for p in parents.tolist():
+        d.append(1 if p < 0 else d[p] + 1)
+    return torch.tensor(d, dtype=torch.long, device=parents.device)
+
+
+def tree_attention_mask(
+    parents: torch.Tensor, prefix_len: int, dtype: torch.dtype, prefix_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Additive 4D mask (1, 1, N, prefix_len + N): 0 where a node may attend, the dtype's min elsewhere.
+
+    Every node sees the whole prefix (already in the KV cache, or given in the same forward) and its own
+    ancestors. ``prefix_mask`` (prefix_len,) bool optionally hides prefix positions (e.g. padding).
+    """
+    n = parents.numel()
+    allowed = torch.zeros(n, prefix_len + n, dtype=torch.bool, device=parents.device)
+    allowed[:, :prefix_len] = True if prefix_mask is None else prefix_mask.to(torch.bool)[None, :]
+    allowed[:, prefix_len:] = ancestor_matrix(parents)
+    mask = torch.zeros(n, prefix_len + n, dtype=dtype, device=parents.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[None, None]
+
+
+def tree_position_ids(parents: torch.Tensor, prefix_len: int) -> torch.Tensor:
+    """(1, N) positions: a node at depth d sits at prefix_len + d - 1."""
+    return (prefix_len + node_depths(parents) - 1)[None]
