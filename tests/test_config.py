@@ -1,0 +1,92 @@
+"""Every config option composes; bad configs fail at compose time with one line naming the key."""
+
+import subprocess
+
+import pytest
+
+from tests.conftest import PY, ROOT
+from vsd.config import CONF_DIR, compose, format_error
+
+GROUPS = ["model", "dataset", "loss", "decoding", "eval", "train", "tracker", "paths"]
+# Options that need a value the user must supply (path of their own file).
+NEEDS = {
+    "dataset/jsonl_file": ["dataset.path=/tmp/x.jsonl"],
+    "dataset/hf_dataset": ["dataset.hf_name=/tmp/x"],
+    "eval/file": ["eval.prompts=/tmp/p.jsonl"],
+    "loss/vsd": ["train.init_from=/tmp/draft"],
+}
+
+
+def options():
+    for g in GROUPS:
+        for f in sorted((CONF_DIR / g).glob("*.yaml")):
+            yield g, f.stem
+
+
+@pytest.mark.parametrize("group,option", list(options()))
+def test_every_option_composes(group, option):
+    extra = NEEDS.get(f"{group}/{option}", [])
+    _, cfg = compose([f"{group}={option}", *extra])[0]
+    assert getattr(cfg, group) is not None
+
+
+@pytest.mark.parametrize("exp", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
+def test_every_experiment_composes(exp):
+    _, cfg = compose([f"experiment={exp}"])[0]
+    assert cfg.run_name
+
+
+def test_launcher_configs_exist():
+    assert (CONF_DIR / "hydra" / "launcher").is_dir()
+
+
+BAD = [
+    (["model.hidden=3"], "model.hidden"),  # unknown key
+    (["trian.steps=3"], "trian"),  # typo'd group
+    (["train.steps=abc"], "train.steps"),  # wrong type
+    (["train.steps=0"], "train.steps"),  # out of range
+    (["loss=vsd", "loss.num_samples=0", "train.init_from=x"], "loss.num_samples"),
+    (["loss=vsd", "loss.arw_target_ess=1.5", "train.init_from=x"], "loss.arw_target_ess"),
+    (["loss=vsd"], "train.init_from"),  # VSD needs a warm start
+    (["decoding.temperature=-1"], "decoding.temperature"),
+    (["decoding.mode=beam"], "decoding.mode"),
+    (["dataset=jsonl_file"], "dataset.path"),  # missing required value
+    (["model=nope"], "model/nope"),  # unknown option
+    (["device=tpu"], "device"),
+    (["train.batch_size=6", "train.grad_accum=4"], "train.grad_accum"),
+]
+
+
+@pytest.mark.parametrize("overrides,key", BAD)
+def test_bad_config_names_the_key(overrides, key):
+    with pytest.raises(Exception) as ei:
+        compose(overrides)
+    line = format_error(ei.value)
+    assert "\n" not in line
+    assert key in line, line
+
+
+def test_run_py_bad_key_is_one_line_and_leaves_nothing(tmp_path):
+    r = subprocess.run(
+        [PY, "run.py", "train.stepz=3", f"hydra.run.dir={tmp_path}/run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "train.stepz" in err[0], r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_sweep_syntax_composes_every_combination():
+    out = compose(
+        ["loss=vsd", "train.init_from=x", "loss.arw=true,false", "loss.car=true,false"], all_combinations=True
+    )
+    assert {(c.loss.arw, c.loss.car) for _, c in out} == {
+        (True, True),
+        (True, False),
+        (False, True),
+        (False, False),
+    }
