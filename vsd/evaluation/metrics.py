@@ -1,0 +1,133 @@
+"""Every eval metric, from the raw per-turn rows of ``eval.jsonl``, by one code path for spec, AR and peers.
+
+Definitions (docs/eval.md, design method.md "Metrics"):
+- tau = sum(new tokens) / sum(target forwards); the prefill forward and the bonus token are included, so
+  plain AR has tau = 1 exactly.
+- tokens/s = sum(new tokens) / sum(wall seconds) over the same rows; speedup = tokens/s(method) /
+  tokens/s(AR) on the same rows (sums, not a mean of per-prompt ratios).
+- alpha_k = P(depth-k draft token accepted | depth k-1 accepted, depth k drafted), pooled over every
+  verification step: #{steps: accepted >= k, drafted depth >= k} / #{steps: accepted >= k-1, depth >= k}.
+- lossless_match = fraction of rows (prompt turns) whose speculative ids equal the AR ids (T=0 rows only).
+Other conventions (e.g. ViSpec's accepted length without the bonus token) are derived here from the raw
+counts, never by changing the definitions above.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+Row = Mapping[str, Any]
+
+
+def _sums(runs: list[Mapping[str, Any]]) -> tuple[int, int, float]:
+    tokens = sum(int(r["new_tokens"]) for r in runs)
+    forwards = sum(int(r["target_forwards"]) for r in runs)
+    seconds = sum(float(r["wall_s"]) for r in runs)
+    return tokens, forwards, seconds
+
+
+def _rate(tokens: int, seconds: float) -> float:
+    return tokens / seconds if seconds > 0 else float("nan")
+
+
+def alpha_by_depth(runs: Iterable[Mapping[str, Any]]) -> dict[int, float]:
+    """Per-depth conditional acceptance alpha_k (k = 1..max drafted depth) pooled over all steps.
+
+    Each run holds per-verification-step lists ``accepted`` (draft tokens accepted, bonus excluded) and
+    ``tree_depth`` (deepest drafted level; chain runs may give ``drafted`` instead, which equals it).
+    """
+    num: dict[int, int] = {}
+    den: dict[int, int] = {}
+    for r in runs:
+        acc = r.get("accepted") or []
+        depth = r.get("tree_depth") or r.get("drafted") or []
+        if len(acc) != len(depth):
+            raise ValueError(f"accepted ({len(acc)}) and tree_depth ({len(depth)}) differ in length")
+        for a, d in zip(acc, depth):
+            if a > d:
+                raise ValueError(f"a step accepted {a} tokens from a draft of depth {d}")
+            for k in range(1, int(d) + 1):
+                if a >= k - 1:
+                    den[k] = den.get(k, 0) + 1
+                    num[k] = num.get(k, 0) + (a >= k)
+    return {k: num[k] / den[k] for k in sorted(den)}
+
+
+def _method_metrics(prefix: str, runs: list[Mapping[str, Any]], ar_rate: float | None) -> dict[str, float]:
+    """tau, tokens/s, speedup (vs ``ar_rate``) and acceptance for one method's runs."""
+    tokens, forwards, seconds = _sums(runs)
+    rate = _rate(tokens, seconds)
+    out = {
+        f"{prefix}tau": tokens / forwards if forwards else float("nan"),
+        f"{prefix}tokens_per_s": rate,
+    }
+    if ar_rate is not None:
+        out[f"{prefix}speedup"] = rate / ar_rate if ar_rate > 0 else float("nan")
+    if any("accepted" in r for r in runs):
+        for k, a in alpha_by_depth(runs).items():
+            out[f"{prefix}alpha_{k}"] = a
+        steps = sum(len(r.get("accepted") or []) for r in runs)
+        if steps:
+            # Mean accepted draft tokens per verification step, bonus excluded (ViSpec/SpecForge style).
+            out[f"{prefix}accepted_per_step"] = sum(sum(r["accepted"]) for r in runs) / steps
+    return out
+
+
+def _match_rate(flags: list[bool | None]) -> float | None:
+    known = [f for f in flags if f is not None]
+    return sum(known) / len(known) if known else None
+
+
+def compute_metrics(rows: list[Row]) -> dict[str, float]:
+    """All eval metrics from raw rows (one per prompt turn). See the module docstring for definitions.
+
+    A row: ``{"category", "ar": run|None, "spec": run, "peers": {name: run | {"skipped": reason}},
+    "match": bool|None, "diverge_at": int|None, "diverge_gap": float|None, "near_tie": bool|None}`` where a
+    run is ``{"new_tokens", "target_forwards", "wall_s", ["drafted", "accepted", "tree_depth", "match"]}``.
+    Keys: ``eval/tau``, ``eval/speedup``, ``eval/tokens_per_s``, ``eval/ar_tokens_per_s``,
+    ``eval/lossless_match``, ``eval/alpha_<k>``, the same per category as ``eval/<category>/...``, and
+    ``eval/peer/<name>/{tau,tokens_per_s,speedup,lossless_match}``.
+    """
+    if not rows:
+        return {}
+    out: dict[str, float] = {}
+    groups: dict[str, list[Row]] = {"": list(rows)}
+    for r in rows:
+        groups.setdefault(f"{r['category']}/", []).append(r)
+    for g, grows in groups.items():
+        prefix = f"eval/{g}"
+        ar_runs = [r["ar"] for r in grows if r.get("ar")]
+        ar_rate = None
+        if ar_runs and len(ar_runs) == len(grows):  # speedup only over rows that have both
+            ar_tokens, _, ar_seconds = _sums(ar_runs)
+            ar_rate = _rate(ar_tokens, ar_seconds)
+            out[f"{prefix}ar_tokens_per_s"] = ar_rate
+        out.update(_method_metrics(prefix, [r["spec"] for r in grows], ar_rate))
+        match = _match_rate([r.get("match") for r in grows])
+        if match is not None:
+            out[f"{prefix}lossless_match"] = match
+        out[f"{prefix}num_turns"] = float(len(grows))
+        if g:
+            continue  # peers and divergence details: overall only
+        out[f"{prefix}new_tokens"] = float(sum(int(r["spec"]["new_tokens"]) for r in grows))
+        diverged = [r for r in grows if r.get("match") is False]
+        out[f"{prefix}diverged"] = float(len(diverged))
+        gaps = [r["diverge_gap"] for r in diverged if r.get("diverge_gap") is not None]
+        if gaps:
+            out[f"{prefix}diverge_gap_max"] = max(gaps)
+            out[f"{prefix}diverged_not_near_tie"] = float(sum(r.get("near_tie") is False for r in diverged))
+        names = sorted({n for r in grows for n in (r.get("peers") or {})})
+        for name in names:
+            runs = [r["peers"][name] for r in grows if name in (r.get("peers") or {})]
+            ran = [p for p in runs if "skipped" not in p]
+            if not ran:
+                continue
+            peer_ar = None
+            if ar_rate is not None and len(ran) == len(grows):
+                peer_ar = ar_rate
+            out.update(_method_metrics(f"eval/peer/{name}/", ran, peer_ar))
+            pm = _match_rate([p.get("match") for p in ran])
+            if pm is not None:
+                out[f"eval/peer/{name}/lossless_match"] = pm
+    return out
