@@ -1,0 +1,106 @@
+"""The cost model of speculative decoding, measured on this machine after warm-up.
+
+Time per verification step, in units of one plain-AR target forward (appending 1 token, time t1):
+    c_verify = t(target forward over [root + N draft nodes] on the KV cache) / t1, N = the configured tree size
+    D * c_draft = (drafter time per verification step) / t1, D = decoding.depth
+so the speedup over AR can be at most  bound = tau / (c_verify + D * c_draft)  (AR costs 1 per token and
+everything else, e.g. sampling and bookkeeping, is extra). The ratio speedup / bound is the engine's
+efficiency. c_verify is measured with the engine's own verification forward; the drafter time comes from the
+timed (post-warm-up) eval generations themselves (``draft_s`` = time in propose + commit, any drafter).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from vsd.config.schema import DecodingConfig
+from vsd.runtime import synchronize
+
+
+def verify_tree_size(dcfg: DecodingConfig) -> int:
+    """Draft nodes verified per step at the configured size (root excluded)."""
+    return dcfg.depth if dcfg.mode == "chain" else dcfg.total_tokens
+
+
+def representative_tree(dcfg: DecodingConfig, vocab_size: int):
+    """A DraftTree of the configured size and shape class: a chain, or ``top_k`` branches (4D-mask path)."""
+    from vsd.decoding.drafter import DraftTree
+
+    n = verify_tree_size(dcfg)
+    tokens = torch.arange(n, dtype=torch.long) % vocab_size
+    if dcfg.mode == "chain" or dcfg.top_k == 1:
+        return DraftTree.chain(tokens.tolist())
+    k = min(dcfg.top_k, n)
+    parents = torch.tensor([i - k if i >= k else -1 for i in range(n)], dtype=torch.long)
+    return DraftTree(tokens, parents)
+
+
+def _median_time(fn: Callable[[], None], device, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def measure_forward_costs(
+    target, prompt_ids: list[int], dcfg: DecodingConfig, repeats: int = 10, warmup: int = 3
+) -> dict[str, float]:
+    """t1 (1-token append) and t_verify (the engine's verification forward of the configured tree), both
+    on top of a KV cache holding ``prompt_ids``; each timed call is cropped back off the cache.
+
+    Returns ``{"t1_s", "t_verify_s", "c_verify", "verify_tokens"}`` (verify_tokens = N + 1, root included).
+    """
+    from vsd.decoding.engine import verify_forward
+
+    dev = target.device
+    cache = target.new_cache()
+    target.forward(torch.tensor([prompt_ids], device=dev), cache=cache)
+    L = len(prompt_ids)
+    tree = representative_tree(dcfg, target.vocab_size)
+    root = int(prompt_ids[-1])
+    one = torch.tensor([[root]], device=dev)
+
+    def step1() -> None:
+        target.forward(one, cache=cache)
+        cache.crop(-1)
+
+    def stepn() -> None:
+        verify_forward(target, cache, root, tree, L, False)
+        cache.crop(-(tree.size + 1))
+
+    for _ in range(warmup):
+        step1()
+        stepn()
+    t1 = _median_time(step1, dev, repeats)
+    tn = _median_time(stepn, dev, repeats)
+    return {"t1_s": t1, "t_verify_s": tn, "c_verify": tn / t1, "verify_tokens": float(tree.size + 1)}
+
+
+def cost_metrics(
+    forward_costs: Mapping[str, float], rows: list[Mapping[str, Any]], dcfg: DecodingConfig, tau: float
+) -> dict[str, float]:
+    """``eval/c_verify``, ``eval/c_draft``, ``eval/speedup_bound`` from measured forward costs and the
+    drafter time per verification step in the timed rows."""
+    steps = sum(len(r["spec"]["accepted"]) for r in rows)
+    draft_s = sum(float(r["spec"]["draft_s"]) for r in rows)
+    t1 = forward_costs["t1_s"]
+    per_step = draft_s / steps if steps else 0.0
+    c_draft = per_step / (dcfg.depth * t1)
+    c_verify = forward_costs["c_verify"]
+    return {
+        "eval/c_verify": c_verify,
+        "eval/c_draft": c_draft,
+        "eval/speedup_bound": tau / (c_verify + dcfg.depth * c_draft),
+        "eval/t1_ms": 1000 * t1,
+        "eval/verify_tokens": forward_costs["verify_tokens"],
+    }

@@ -1,0 +1,261 @@
+"""Per prompt turn: plain AR, speculative decoding and the HF peers on the same prompt ids, in one process.
+
+Every method decodes the same token ids (chat template applied once per turn); counts are token ids, never
+re-tokenised text. MT-Bench turn 2 is conditioned on the model's OWN turn-1 answer, taken from the AR run
+(the reference output), so every method sees the identical turn-2 prompt.
+
+A row of ``eval.jsonl`` (one per prompt turn):
+``{"id", "category", "source", "turn", "prompt_tokens", "temperature",
+   "ar":   {"new_tokens", "target_forwards", "wall_s", "ids"} | None,
+   "spec": {"new_tokens", "target_forwards", "wall_s", "draft_s", "drafted", "accepted", "tree_depth", "ids"},
+   "peers": {name: {"new_tokens", "target_forwards", "wall_s", "match"} | {"skipped": reason}},
+   "match": bool | None, "diverge_at": int | None, "diverge_gap": float | None, "near_tie": bool | None}``
+``match`` (T=0 only) says whether the speculative ids equal the AR ids; at the first differing index,
+``diverge_gap`` is the AR top-1 minus top-2 logit gap there and ``near_tie`` whether it is below
+``decoding.near_tie_eps`` (bf16 kernels may flip a near-tie; see method.md "Metrics").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vsd.config.schema import DecodingConfig, EvalConfig
+from vsd.records import append_jsonl
+from vsd.runtime import synchronize
+
+PEER_NAMES = ("hf_prompt_lookup", "hf_assisted")
+
+
+def _seed_for(seed: int, rid: str, turn: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{rid}:{turn}".encode()).digest()[:6], "big")
+
+
+def _generator(target, seed: int) -> torch.Generator:
+    g = torch.Generator(device=target.device)
+    g.manual_seed(seed)
+    return g
+
+
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    """First index where two id lists differ (a length difference counts); None when identical."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def _gen_row(res, extra: bool) -> dict[str, Any]:
+    row = {
+        "new_tokens": len(res.tokens),
+        "target_forwards": int(res.target_forwards),
+        "wall_s": float(res.wall_s),
+        "ids": [int(t) for t in res.tokens],
+    }
+    if extra:
+        row.update(
+            draft_s=float(res.draft_s),
+            drafted=[int(x) for x in res.drafted],
+            accepted=[int(x) for x in res.accepted],
+            tree_depth=[int(x) for x in res.tree_depth],
+        )
+    return row
+
+
+class ForwardCounter:
+    """Counts calls of the target's HF module (for HF ``generate`` peers, which expose no counts)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.n = 0
+        self._h = model.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args) -> None:
+        self.n += 1
+
+    def close(self) -> None:
+        self._h.remove()
+
+
+def hf_generate(
+    target,
+    prompt_ids: list[int],
+    dcfg: DecodingConfig,
+    generator_seed: int,
+    **kw: Any,
+) -> dict[str, Any]:
+    """HF ``model.generate`` on the same ids, with its target forwards counted and wall time measured.
+
+    ``kw``: ``prompt_lookup_num_tokens=...`` or ``assistant_model=...``. Sampling (T>0) uses the same
+    warp settings as our engine (temperature, top-k, top-p); HF draws from the global torch RNG.
+    """
+    x = torch.tensor([prompt_ids], device=target.device)
+    sample = dcfg.temperature > 0
+    gen_kw: dict[str, Any] = dict(
+        max_new_tokens=dcfg.max_new_tokens,
+        do_sample=sample,
+        attention_mask=torch.ones_like(x),
+        eos_token_id=sorted(target.eos_token_ids) or None,
+        pad_token_id=target.tokenizer.pad_token_id,
+    )
+    if sample:
+        gen_kw.update(temperature=dcfg.temperature, top_p=dcfg.top_p, top_k=dcfg.target_top_k or None)
+        torch.manual_seed(generator_seed)
+    else:
+        gen_kw.update(temperature=None, top_p=None, top_k=None)
+    counter = ForwardCounter(target.model)
+    try:
+        synchronize(target.device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = target.model.generate(x, **gen_kw, **kw)
+        synchronize(target.device)
+        wall = time.perf_counter() - t0
+    finally:
+        counter.close()
+    new = [int(t) for t in out[0, len(prompt_ids) :].tolist()]  # batch of one: no padding after EOS
+    return {"new_tokens": len(new), "target_forwards": counter.n, "wall_s": wall, "ids": new}
+
+
+class EvalRunner:
+    """Runs AR, speculative and peer decoding per prompt turn and appends rows to ``out_path``."""
+
+    def __init__(
+        self,
+        target,
+        drafter,
+        dcfg: DecodingConfig,
+        ecfg: EvalConfig,
+        out_path: Path | None,
+        assistant_model=None,
+        assistant_skip_reason: str = "no same-tokenizer assistant model",
+    ):
+        self.target, self.drafter, self.dcfg, self.ecfg = target, drafter, dcfg, ecfg
+        self.out_path = out_path
+        self.assistant_model = assistant_model
+        self.assistant_skip_reason = assistant_skip_reason
+
+    # ------------------------------------------------------------------ one method each
+    def _ar(self, ids: list[int], seed: int):
+        from vsd.decoding.engine import generate_ar
+
+        gaps = self.dcfg.temperature == 0
+        return generate_ar(
+            self.target, ids, self.dcfg, generator=_generator(self.target, seed), record_gaps=gaps
+        )
+
+    def _spec(self, ids: list[int], seed: int):
+        from vsd.decoding.engine import generate_spec
+
+        return generate_spec(
+            self.target, self.drafter, ids, self.dcfg, generator=_generator(self.target, seed)
+        )
+
+    def _peer(self, name: str, ids: list[int], seed: int) -> dict[str, Any]:
+        if name == "hf_prompt_lookup":
+            return hf_generate(
+                self.target,
+                ids,
+                self.dcfg,
+                seed,
+                prompt_lookup_num_tokens=self.dcfg.depth,
+                max_matching_ngram_size=self.dcfg.ngram_max,
+            )
+        if name == "hf_assisted":
+            if self.assistant_model is None:
+                return {"skipped": self.assistant_skip_reason}
+            return hf_generate(self.target, ids, self.dcfg, seed, assistant_model=self.assistant_model)
+        raise ValueError(f"eval.peers: unknown peer {name!r}")
+
+    # ------------------------------------------------------------------ public
+    def warmup(self, prompt_ids: list[int]) -> None:
+        """``eval.warmup`` untimed rounds of every method (first calls run 2-4x slower: allocator, kernels)."""
+        for i in range(self.ecfg.warmup):
+            if self.ecfg.ar_baseline:
+                self._ar(prompt_ids, i)
+            self._spec(prompt_ids, i)
+            for name in self.ecfg.peers:
+                self._peer(name, prompt_ids, i)
+
+    def run_turn(
+        self, record: dict[str, Any], turn: int, prompt_ids: list[int]
+    ) -> tuple[dict[str, Any], Any]:
+        """One row (see module docstring) and the AR result (or the spec one without AR baseline)."""
+        seed = _seed_for(self.ecfg.seed, str(record["id"]), turn)
+        ar = self._ar(prompt_ids, seed) if self.ecfg.ar_baseline else None
+        spec = self._spec(prompt_ids, seed)
+        row: dict[str, Any] = {
+            "id": record["id"],
+            "category": record["category"],
+            "source": record.get("source"),
+            "turn": turn,
+            "prompt_tokens": len(prompt_ids),
+            "temperature": self.dcfg.temperature,
+            "ar": _gen_row(ar, extra=False) if ar is not None else None,
+            "spec": _gen_row(spec, extra=True),
+            "match": None,
+            "diverge_at": None,
+            "diverge_gap": None,
+            "near_tie": None,
+        }
+        greedy = self.dcfg.temperature == 0
+        if ar is not None and greedy:
+            div = first_divergence(list(spec.tokens), list(ar.tokens))
+            row["match"] = div is None
+            if div is not None:
+                row["diverge_at"] = div
+                gaps = ar.top2_gap or []
+                if div < len(gaps):
+                    row["diverge_gap"] = float(gaps[div])
+                    row["near_tie"] = bool(gaps[div] < self.dcfg.near_tie_eps)
+        peers: dict[str, Any] = {}
+        for name in self.ecfg.peers:
+            p = self._peer(name, prompt_ids, seed)
+            if "ids" in p:
+                if ar is not None and greedy:
+                    p["match"] = p["ids"] == [int(t) for t in ar.tokens]
+                del p["ids"]  # the peer's ids add nothing once compared
+            peers[name] = p
+        row["peers"] = peers
+        return row, (ar if ar is not None else spec)
+
+    def run(
+        self,
+        records: list[dict[str, Any]],
+        progress: bool = True,
+        on_row: Callable[[dict], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Every turn of every record (up to ``eval.max_turns``); rows are appended to the JSONL as they come."""
+        from tqdm.auto import tqdm
+
+        if not records:
+            return []
+        first = self.target.chat_ids([{"role": "user", "content": records[0]["turns"][0]}])
+        self.warmup(first)
+        rows: list[dict[str, Any]] = []
+        total = sum(min(len(r["turns"]), self.ecfg.max_turns) for r in records)
+        bar = tqdm(total=total, desc="eval", unit="turn", disable=not progress, dynamic_ncols=True)
+        try:
+            for rec in records:
+                messages: list[dict[str, str]] = []
+                for turn, text in enumerate(rec["turns"][: self.ecfg.max_turns]):
+                    messages.append({"role": "user", "content": text})
+                    ids = self.target.chat_ids(messages)
+                    row, ref = self.run_turn(rec, turn, ids)
+                    rows.append(row)
+                    if self.out_path is not None:
+                        append_jsonl(self.out_path, row)
+                    if on_row is not None:
+                        on_row(row)
+                    # The model's own answer (AR reference) conditions the next turn.
+                    messages.append({"role": "assistant", "content": self.target.decode(list(ref.tokens))})
+                    s = row["spec"]
+                    bar.set_postfix(tau=f"{s['new_tokens'] / max(s['target_forwards'], 1):.2f}")
+                    bar.update(1)
+        finally:
+            bar.close()
+        return rows

@@ -1,0 +1,87 @@
+"""The eval stage: prompts -> AR / speculative / peer runs (eval.jsonl) -> metrics and cost model.
+
+Evaluate an existing draft without retraining: ``python run.py stages=[eval] draft.checkpoint=DIR``;
+the training-free prompt-lookup drafter: ``python run.py stages=[eval] decoding=ngram``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vsd.errors import UserError
+from vsd.evaluation.costs import cost_metrics, measure_forward_costs
+from vsd.evaluation.metrics import compute_metrics
+from vsd.evaluation.prompts import load_suite
+from vsd.evaluation.runner import EvalRunner
+
+
+def make_drafter(ctx) -> Any:
+    """The configured drafter: ``ngram`` (prompt lookup, no training) or ``eagle3`` (a trained draft head,
+    from this run's train stage (``ctx.artifacts["draft_dir"]``) or ``draft.checkpoint``)."""
+    cfg = ctx.cfg
+    if cfg.decoding.drafter == "ngram":
+        from vsd.decoding.ngram import NgramDrafter
+
+        return NgramDrafter(ctx.target.vocab_size)
+    where = ctx.artifacts.get("draft_dir") or cfg.draft.checkpoint
+    if not where:
+        raise UserError(
+            "draft.checkpoint: decoding.drafter=eagle3 needs a trained draft (run the train stage or set "
+            "draft.checkpoint=DIR), or use decoding=ngram"
+        )
+    if not Path(where).expanduser().is_dir():
+        raise UserError(f"draft.checkpoint: draft directory {where} does not exist")
+    from vsd.models.draft import load_draft  # the draft model code is only needed for this drafter
+
+    return load_draft(Path(where).expanduser(), ctx.target)
+
+
+def assistant_for(ctx) -> tuple[Any, str]:
+    """A same-tokenizer assistant for HF ``assistant_model=`` and, if none, the reason it is skipped."""
+    return None, (
+        f"no same-tokenizer assistant model for {ctx.cfg.model.name}: no registry package ships a smaller "
+        "model with its tokenizer (see docs/eval.md)"
+    )
+
+
+def run(ctx) -> dict[str, float]:
+    """Evaluate; writes ``eval.jsonl`` in the run dir and returns the ``eval/*`` metrics."""
+    cfg = ctx.cfg
+    records = load_suite(cfg.eval)
+    if not records:
+        raise UserError(f"eval.suite: {cfg.eval.suite} selected no prompts (check eval.categories)")
+    target = ctx.target
+    drafter = make_drafter(ctx)
+    assistant, skip_reason = (None, "")
+    if "hf_assisted" in cfg.eval.peers:
+        assistant, skip_reason = assistant_for(ctx)
+        if assistant is None:
+            print(f"[vsd] eval: peer hf_assisted skipped: {skip_reason}", flush=True)
+    out = Path(ctx.run_dir) / "eval.jsonl"
+    out.unlink(missing_ok=True)  # a resumed run re-evaluates: no stale rows of an earlier attempt
+    runner = EvalRunner(target, drafter, cfg.decoding, cfg.eval, out, assistant, skip_reason)
+    print(
+        f"[vsd] eval: {len(records)} prompts ({cfg.eval.suite}, split={cfg.eval.split}), "
+        f"drafter={cfg.decoding.drafter}, mode={cfg.decoding.mode}, T={cfg.decoding.temperature}",
+        flush=True,
+    )
+    rows = runner.run(records)
+    metrics = compute_metrics(rows)
+    first_prompt = target.chat_ids([{"role": "user", "content": records[0]["turns"][0]}])
+    costs = measure_forward_costs(target, first_prompt, cfg.decoding)
+    metrics.update(cost_metrics(costs, rows, cfg.decoding, metrics["eval/tau"]))
+    ctx.record.update(
+        eval_info={
+            "suite": cfg.eval.suite,
+            "split": cfg.eval.split,
+            "prompts": len(records),
+            "turns": len(rows),
+            "drafter": cfg.decoding.drafter,
+            "draft_dir": str(ctx.artifacts.get("draft_dir") or cfg.draft.checkpoint or ""),
+            "peers_skipped": {"hf_assisted": skip_reason} if assistant is None and skip_reason else {},
+        }
+    )
+    ctx.tracker.log(metrics)
+    ctx.tracker.artifact(out, "eval-rows", "eval")
+    return metrics
