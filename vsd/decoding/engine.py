@@ -1,0 +1,201 @@
+"""Plain autoregressive decoding (the baseline) and speculative decoding, through the same counting and
+timing code: one ``_Timer``, one stop rule (EOS included, or ``max_new_tokens``), one token picker.
+
+Speculative step: the drafter proposes a tree after the root (last committed token, not yet in the target
+KV cache); the target runs ONE forward over [root, tree...] with the tree attention mask and positions on
+top of its cache; verification picks the accepted path and the bonus/correction token; the KV entries of
+root + accepted path are gathered to the front of the new block and the rest is cropped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from vsd.config.schema import DecodingConfig
+from vsd.decoding import verify as _verify
+from vsd.decoding.drafter import Drafter, DraftTree
+from vsd.decoding.sampling import sample, warp
+from vsd.decoding.tree_attention import node_depths, tree_attention_mask, tree_position_ids
+from vsd.runtime import synchronize
+
+
+@dataclass
+class GenResult:
+    tokens: list[int]  # new ids (prompt excluded); stops after EOS (included) or max_new_tokens
+    target_forwards: int  # prefill counts as 1
+    drafted: list[int] = field(default_factory=list)  # per verification step: draft nodes verified
+    accepted: list[int] = field(default_factory=list)  # per step: accepted draft tokens (bonus excluded)
+    tree_depth: list[int] = field(default_factory=list)  # per step: max depth of the verified tree
+    wall_s: float = 0.0  # synchronised wall time of the whole generation (prefill included)
+    draft_s: float = 0.0  # time inside drafter.propose/commit
+    top2_gap: list[float] | None = None  # AR only, if asked: top1-top2 target logit gap per position
+
+    @property
+    def tau(self) -> float:
+        """Mean accepted length: new tokens / target forwards (bonus included; AR = 1)."""
+        return len(self.tokens) / max(self.target_forwards, 1)
+
+
+class _Timer:
+    """Accumulating wall-clock timer with device synchronisation at both ends."""
+
+    def __init__(self, device: torch.device | str):
+        self.device = device
+        self.total = 0.0
+        self._t0 = 0.0
+
+    def __enter__(self) -> _Timer:
+        synchronize(self.device)
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        synchronize(self.device)
+        self.total += time.perf_counter() - self._t0
+
+
+def _pick(logits: torch.Tensor, dcfg: DecodingConfig, generator: torch.Generator | None) -> int:
+    """Next token from (V,) logits: argmax at T=0, else a draw from the warped distribution."""
+    if dcfg.temperature <= 0:
+        return int(logits.argmax())
+    return sample(warp(logits, dcfg.temperature, dcfg.target_top_k, dcfg.top_p), generator)
+
+
+def _stop_index(tokens: list[int], start: int, eos: set[int], max_new: int) -> int | None:
+    """Length to truncate to if generation is over (EOS at/after ``start`` or budget reached), else None."""
+    for i in range(start, len(tokens)):
+        if tokens[i] in eos:
+            return min(i + 1, max_new)
+    return max_new if len(tokens) >= max_new else None
+
+
+def _top2_gap(logits: torch.Tensor) -> float:
+    v = logits.float().topk(2).values
+    return float(v[0] - v[1])
+
+
+@torch.no_grad()
+def generate_ar(
+    target,
+    prompt_ids: list[int],
+    dcfg: DecodingConfig,
+    *,
+    generator: torch.Generator | None = None,
+    record_gaps: bool = False,
+) -> GenResult:
+    """Plain autoregressive decoding with the KV cache: one target forward per new token."""
+    eos, dev = target.eos_token_ids, target.device
+    wall = _Timer(dev)
+    gaps: list[float] | None = [] if record_gaps else None
+    tokens: list[int] = []
+    with wall:
+        cache = target.new_cache()
+        out = target.forward(torch.tensor([prompt_ids], device=dev), cache=cache)
+        forwards = 1
+        while True:
+            logits = out.logits[0, -1]
+            if gaps is not None:
+                gaps.append(_top2_gap(logits))
+            tokens.append(_pick(logits, dcfg, generator))
+            stop = _stop_index(tokens, len(tokens) - 1, eos, dcfg.max_new_tokens)
+            if stop is not None:
+                del tokens[stop:]
+                break
+            out = target.forward(torch.tensor([[tokens[-1]]], device=dev), cache=cache)
+            forwards += 1
+    return GenResult(tokens, forwards, wall_s=wall.total, top2_gap=gaps[: len(tokens)] if gaps else gaps)
+
+
+def keep_cache_rows(cache, start: int, rows: list[int], added: int) -> None:
+    """Keep, of the ``added`` entries appended at ``start``, only ``rows`` (relative, increasing): gather
+    them to the front of the block along the sequence dim of every layer, then crop the rest."""
+    if rows != list(range(len(rows))):
+        idx = torch.tensor(rows, device=cache.layers[0].keys.device) + start
+        dst = slice(start, start + len(rows))
+        for layer in cache.layers:
+            layer.keys[:, :, dst] = layer.keys.index_select(2, idx)
+            layer.values[:, :, dst] = layer.values.index_select(2, idx)
+    if added > len(rows):
+        cache.crop(-(added - len(rows)))
+
+
+def _is_chain(parents: list[int]) -> bool:
+    return all(p == i - 1 for i, p in enumerate(parents))
+
+
+@torch.no_grad()
+def verify_forward(target, cache, root: int, tree: DraftTree, prefix_len: int, output_features: bool):
+    """One target forward over [root, tree nodes] on top of ``cache`` (prefix_len entries).
+
+    A chain uses the model's own causal mask; a branching tree the 4D tree mask and depth positions.
+    Returns the TargetOutput (logits (1, N+1, V)).
+    """
+    dev = target.device
+    ids = torch.cat([torch.tensor([root]), tree.tokens.cpu()])[None].to(dev)
+    par = tree.parents.tolist()
+    if _is_chain(par):
+        mask = pos = None
+    else:
+        full = torch.tensor([-1] + [p + 1 for p in par], dtype=torch.long, device=dev)
+        mask = tree_attention_mask(full, prefix_len, target.dtype)
+        pos = tree_position_ids(full, prefix_len)
+    return target.forward(
+        ids, cache=cache, attention_mask=mask, position_ids=pos, output_features=output_features
+    )
+
+
+@torch.no_grad()
+def generate_spec(
+    target,
+    drafter: Drafter,
+    prompt_ids: list[int],
+    dcfg: DecodingConfig,
+    *,
+    generator: torch.Generator | None = None,
+) -> GenResult:
+    """Speculative decoding of one prompt with ``drafter``; lossless w.r.t. :func:`generate_ar`."""
+    eos, dev = target.eos_token_ids, target.device
+    feats_on = bool(drafter.needs_features)
+    wall, draft = _Timer(dev), _Timer(dev)
+    res = GenResult([], 0)
+    tokens = res.tokens
+    with wall:
+        cache = target.new_cache()
+        out = target.forward(torch.tensor([prompt_ids], device=dev), cache=cache, output_features=feats_on)
+        res.target_forwards = 1
+        with draft:
+            drafter.reset(list(prompt_ids), out.features[0] if feats_on else None)
+        root = _pick(out.logits[0, -1], dcfg, generator)
+        tokens.append(root)
+        prefix_len = len(prompt_ids)
+        stop = _stop_index(tokens, 0, eos, dcfg.max_new_tokens)
+        while stop is None:
+            with draft:
+                tree = drafter.propose(root, dcfg, generator)
+            out = verify_forward(target, cache, root, tree, prefix_len, feats_on)
+            res.target_forwards += 1
+            logits = out.logits[0].float()
+            if dcfg.temperature > 0:
+                path, nxt = _verify.verify_sampled(tree, logits, dcfg, generator)
+            else:
+                path, nxt = _verify.verify_greedy(tree, logits)
+            rows = [0] + [i + 1 for i in path]
+            keep_cache_rows(cache, prefix_len, rows, tree.size + 1)
+            prefix_len += len(rows)
+            acc = tree.tokens[path].tolist() if path else []
+            with draft:
+                drafter.commit([root, *acc], out.features[0, rows] if feats_on else None)
+            res.drafted.append(tree.size)
+            res.accepted.append(len(path))
+            res.tree_depth.append(int(node_depths(tree.parents).max()) if tree.size else 0)
+            n0 = len(tokens)
+            tokens.extend(acc)
+            tokens.append(nxt)
+            root = nxt
+            stop = _stop_index(tokens, n0, eos, dcfg.max_new_tokens)
+        del tokens[stop:]
+    res.wall_s, res.draft_s = wall.total, draft.total
+    return res

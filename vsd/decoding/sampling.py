@@ -1,0 +1,54 @@
+"""The one distribution warp used by plain AR sampling, draft sampling and speculative verification.
+
+Keeping a single function guarantees that speculative sampling targets exactly the distribution that
+plain autoregressive sampling draws from (temperature, then target top-k, then top-p).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def warp(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Probabilities (..., V) float32 from logits (..., V).
+
+    ``temperature == 0`` gives the one-hot argmax (greedy). ``top_k > 0`` keeps the k largest logits;
+    ``top_p < 1`` keeps the smallest set of most likely tokens whose mass reaches ``top_p`` (the token
+    that crosses the threshold is kept, as in HF).
+    """
+    x = logits.float()
+    if temperature <= 0:
+        out = torch.zeros_like(x)
+        return out.scatter_(-1, x.argmax(-1, keepdim=True), 1.0)
+    x = x / temperature
+    if 0 < top_k < x.shape[-1]:
+        kth = x.topk(top_k, dim=-1).values[..., -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    probs = torch.softmax(x, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        # mass strictly before each token: a token is dropped once the mass before it already reaches top_p
+        before = sorted_p.cumsum(-1) - sorted_p
+        drop_sorted = before >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
+        probs = probs.masked_fill(drop, 0.0)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def sample(probs: torch.Tensor, generator: torch.Generator | None) -> int:
+    """One draw from a (V,) probability vector."""
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def gumbel_topk(probs: torch.Tensor, k: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Up to k distinct ids drawn WITHOUT replacement from (V,) ``probs``, in sample order.
+
+    Gumbel-top-k: the order of ``log p + Gumbel noise`` is the order of successive draws without
+    replacement. Tokens of zero probability are never returned (fewer than k ids if the support is small).
+    """
+    support = int((probs > 0).sum())
+    k = min(k, support)
+    u = torch.rand(probs.shape, generator=generator, device=probs.device).clamp_(1e-20, 1.0 - 1e-7)
+    keys = probs.log() - torch.log(-torch.log(u))
+    return keys.topk(k).indices

@@ -1,0 +1,160 @@
+"""EAGLE-2 dynamic draft tree, shared by every model drafter (EAGLE-3 head, VSD draft).
+
+T = 0 (greedy): expand the top-k children of the k best nodes of the newest depth for ``depth`` steps,
+rank every node by cumulative draft log-probability, keep ``total_tokens`` (EAGLE-2).
+
+T > 0 (lossless sampling): the children of a node are drawn WITHOUT replacement (Gumbel-top-k) from the
+node's warped draft distribution, and the tree SHAPE is a fixed template that depends only on sibling ranks
+and depth (the same EAGLE-2 procedure run on the static score -sum log(rank+1)). Ranking sampled nodes by
+their sampled probabilities would make the set of kept siblings depend on their values, which biases
+recursive rejection sampling; a rank-only shape does not. A node whose rank reaches the support size of its
+parent's distribution is dropped with its subtree (that depends only on the parent, so stays exact).
+
+``mode == "chain"`` is the same procedure with top_k = 1 and total_tokens = depth.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import torch
+
+from vsd.config.schema import DecodingConfig
+from vsd.decoding.drafter import DraftTree
+from vsd.decoding.sampling import gumbel_topk, warp
+
+Expand = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class NodePool:
+    """Every node created while drafting, in creation order. ``expand`` gets indices into this pool.
+
+    Before ``expand(idx)`` is called, ``tokens[i]``, ``parents[i]`` (pool index, -1 = root) and
+    ``depths[i]`` (1 = child of the root) are set for every i in idx, so a drafter can feed its model.
+    """
+
+    tokens: list[int] = field(default_factory=list)
+    parents: list[int] = field(default_factory=list)
+    depths: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+
+    def add(self, token: int, parent: int, score: float) -> int:
+        self.tokens.append(token)
+        self.parents.append(parent)
+        self.depths.append(1 if parent < 0 else self.depths[parent] + 1)
+        self.scores.append(score)
+        return len(self.tokens) - 1
+
+    def clear(self) -> None:
+        for lst in (self.tokens, self.parents, self.depths, self.scores):
+            lst.clear()
+
+
+def tree_budget(dcfg: DecodingConfig) -> tuple[int, int, int]:
+    """(depth, top_k, total_tokens) actually used: chain mode is a top-1 tree of ``depth`` nodes."""
+    if dcfg.mode == "chain":
+        return dcfg.depth, 1, dcfg.depth
+    return dcfg.depth, dcfg.top_k, dcfg.total_tokens
+
+
+def build_dynamic_tree(
+    expand: Expand,
+    dcfg: DecodingConfig,
+    generator: torch.Generator | None = None,
+    pool: NodePool | None = None,
+) -> DraftTree:
+    """Draft a tree by calling ``expand(node_idx (M,) long, -1 = root) -> (M, V) log-probs`` of children.
+
+    ``pool`` (optional) receives every created node so ``expand`` can look up tokens/parents; pass the
+    drafter's own pool when expand needs it. Returns the kept nodes topologically ordered, siblings in
+    sample order, with ``pool_index`` set.
+    """
+    pool = pool if pool is not None else NodePool()
+    pool.clear()
+    if dcfg.temperature > 0:
+        return _build_sampled(expand, dcfg, generator, pool)
+    return _build_greedy(expand, dcfg, pool)
+
+
+def _build_greedy(expand: Expand, dcfg: DecodingConfig, pool: NodePool) -> DraftTree:
+    depth, k, total = tree_budget(dcfg)
+    frontier = [-1]
+    for _ in range(depth):
+        logp = expand(torch.tensor(frontier, dtype=torch.long)).float()
+        top = logp.topk(min(k, logp.shape[-1]), dim=-1)
+        vals, ids = top.values.tolist(), top.indices.tolist()
+        new: list[int] = []
+        for row, par in enumerate(frontier):
+            base = 0.0 if par < 0 else pool.scores[par]
+            for v, t in zip(vals[row], ids[row]):
+                new.append(pool.add(t, par, base + v))
+        # the k best nodes of this depth are expanded next (stable: ties keep creation order)
+        frontier = sorted(new, key=lambda i: -pool.scores[i])[:k]
+    # cumulative log-probs never increase along a path and parents are created first, so the stable top
+    # `total` is closed under ancestors; creation order is topological with siblings in rank order
+    keep = sorted(sorted(range(len(pool.tokens)), key=lambda i: -pool.scores[i])[:total])
+    return _to_tree(pool, keep, None)
+
+
+@lru_cache(maxsize=64)
+def static_template(depth: int, k: int, total: int) -> tuple[tuple[int, ...], ...]:
+    """The T>0 tree shape: rank paths (e.g. (0,), (1,), (0, 0)) kept by EAGLE-2 on the score
+    -sum log(rank+1), ordered by depth then creation (topological, siblings by rank)."""
+    scores: dict[tuple[int, ...], float] = {}
+    order: list[tuple[int, ...]] = []
+    frontier: list[tuple[int, ...]] = [()]
+    for _ in range(depth):
+        new = []
+        for par in frontier:
+            base = scores.get(par, 0.0)
+            for r in range(k):
+                node = par + (r,)
+                scores[node] = base - math.log(r + 1)
+                order.append(node)
+                new.append(node)
+        frontier = sorted(new, key=lambda n: -scores[n])[:k]
+    kept = set(sorted(order, key=lambda n: -scores[n])[:total])
+    return tuple(n for n in order if n in kept)
+
+
+def _build_sampled(
+    expand: Expand, dcfg: DecodingConfig, generator: torch.Generator | None, pool: NodePool
+) -> DraftTree:
+    depth, k, total = tree_budget(dcfg)
+    template = static_template(depth, k, total)
+    n_children: dict[tuple[int, ...], int] = {}
+    for path in template:
+        n_children[path[:-1]] = max(n_children.get(path[:-1], 0), path[-1] + 1)
+    where: dict[tuple[int, ...], int] = {(): -1}  # rank path -> pool index
+    dists: dict[int, torch.Tensor] = {}
+    for d in range(depth):
+        parents = [p for p in n_children if len(p) == d and p in where]
+        if not parents:
+            break
+        logp = expand(torch.tensor([where[p] for p in parents], dtype=torch.long))
+        q = warp(logp, dcfg.temperature, dcfg.target_top_k, dcfg.top_p)
+        for row, par in enumerate(parents):
+            pidx = where[par]
+            dists[pidx] = q[row]
+            ids = gumbel_topk(q[row], n_children[par], generator).tolist()
+            for r, t in enumerate(ids):  # ranks past the support are absent, with their subtrees
+                where[par + (r,)] = pool.add(int(t), pidx, 0.0)
+    keep = [where[p] for p in template if p in where]
+    return _to_tree(pool, keep, dists)
+
+
+def _to_tree(pool: NodePool, keep: list[int], dists: dict[int, torch.Tensor] | None) -> DraftTree:
+    """Kept pool nodes (topological order) -> DraftTree with parents re-indexed into the kept list."""
+    pos = {p: i for i, p in enumerate(keep)}
+    tokens = torch.tensor([pool.tokens[p] for p in keep], dtype=torch.long)
+    parents = torch.tensor([pos[pool.parents[p]] if pool.parents[p] >= 0 else -1 for p in keep])
+    child_dists = None
+    if dists is not None:
+        v = next(iter(dists.values())).shape[-1]
+        rows = [dists.get(p) for p in [-1, *keep]]
+        child_dists = torch.stack([r if r is not None else torch.zeros(v) for r in rows])
+    return DraftTree(tokens, parents.long(), child_dists, torch.tensor(keep, dtype=torch.long))

@@ -1,0 +1,77 @@
+"""Verification of a draft tree against the target's logits at [root, tree nodes...].
+
+Greedy (T=0): follow the child whose token equals the target argmax. Sampling (T>0): recursive rejection
+sampling over siblings in sample order, which leaves the output distributed exactly as the target's warped
+distribution provided siblings were drawn without replacement from the rows of ``child_dists``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vsd.config.schema import DecodingConfig
+from vsd.decoding.drafter import DraftTree
+from vsd.decoding.sampling import sample, warp
+
+
+def children_lists(parents: list[int]) -> dict[int, list[int]]:
+    """Parent index (-1 = root) -> child indices in tree order (= sample order)."""
+    ch: dict[int, list[int]] = {}
+    for i, p in enumerate(parents):
+        ch.setdefault(p, []).append(i)
+    return ch
+
+
+def verify_greedy(tree: DraftTree, logits: torch.Tensor) -> tuple[list[int], int]:
+    """logits (N+1, V) at [root, nodes]. Returns (accepted node indices along one path, next token)."""
+    best = logits.argmax(-1).tolist()
+    toks = tree.tokens.tolist()
+    ch = children_lists(tree.parents.tolist())
+    path: list[int] = []
+    cur = -1
+    while True:
+        want = best[cur + 1]
+        nxt = next((c for c in ch.get(cur, ()) if toks[c] == want), None)
+        if nxt is None:
+            return path, want  # correction (or bonus, when cur is a leaf)
+        path.append(nxt)
+        cur = nxt
+
+
+def verify_sampled(
+    tree: DraftTree, logits: torch.Tensor, dcfg: DecodingConfig, generator: torch.Generator | None
+) -> tuple[list[int], int]:
+    """Recursive rejection sampling. logits (N+1, V); ``tree.child_dists`` (N+1, V) the draft rows."""
+    assert tree.child_dists is not None, "T>0 verification needs DraftTree.child_dists"
+    toks = tree.tokens.tolist()
+    ch = children_lists(tree.parents.tolist())
+    path: list[int] = []
+    cur = -1
+    while True:
+        p = warp(logits[cur + 1], dcfg.temperature, dcfg.target_top_k, dcfg.top_p)
+        kids = ch.get(cur, [])
+        if not kids:
+            return path, sample(p, generator)  # bonus token from the target itself
+        q = tree.child_dists[cur + 1].float().clone()
+        accepted = None
+        for c in kids:
+            x = toks[c]
+            u = float(torch.rand((), generator=generator))
+            if u * float(q[x]) < float(p[x]):  # u < min(1, p/q) without dividing
+                accepted = c
+                break
+            # reject x: the target residual and the draft without x (drawn without replacement)
+            p = (p - q).clamp_(min=0.0)
+            s = p.sum()
+            if s <= 0:  # only reachable through rounding when p == q; then p itself is the residual
+                p = warp(logits[cur + 1], dcfg.temperature, dcfg.target_top_k, dcfg.top_p)
+            else:
+                p = p / s
+            q[x] = 0.0
+            qs = q.sum()
+            if qs > 0:
+                q = q / qs
+        if accepted is None:
+            return path, sample(p, generator)  # correction from the residual
+        path.append(accepted)
+        cur = accepted
