@@ -1,0 +1,232 @@
+"""Self-distillation: the target writes the responses to the training prompts, cached on disk.
+
+Cache: ``{cache_dir}/selfdistill/<key>/`` with ``key = hash(target name + weights fingerprint, prompt ids and
+texts, generation settings)``. One shard per generation batch (atomic), so an interrupted build (even
+``kill -9``) resumes from the finished shards; ``manifest.json`` marks completion; a FileLock makes a second
+job wait and then reuse the first job's result instead of generating twice.
+
+Shard tensors: ``input_ids`` (N,) int32, all sequences concatenated (prompt through chat template, then the
+response up to and including the first EOS, cut at ``max_seq_len``); ``offsets`` (n+1,) int64;
+``prompt_lens`` (n,) int32; ``prompt_index`` (n,) int64 = row of ``prompts.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+from tqdm import tqdm
+
+from vsd.config.schema import DatasetConfig
+from vsd.data.shards import (
+    content_key,
+    done_shards,
+    load_shard,
+    read_manifest,
+    save_shard,
+    shard_name,
+    target_fingerprint,
+    write_manifest,
+)
+from vsd.data.sources import Prompt, prompt_text
+from vsd.errors import UserError
+
+GEN_VERSION = 1  # bump when generation or the shard format changes: invalidates cached data
+
+
+class Interrupted(RuntimeError):
+    """Raised by ``stop_after_shards`` (tests): simulates a job killed after k shards."""
+
+
+def selfdistill_desc(target: Any, prompts: list[Prompt], dcfg: DatasetConfig) -> dict[str, Any]:
+    """Everything the generated data depends on (its hash is the cache key)."""
+    return {
+        "version": GEN_VERSION,
+        "target": target.name,
+        "weights": target_fingerprint(target),
+        "dtype": str(target.dtype),
+        "prompts": content_key([(p["id"], prompt_text(p)) for p in prompts], 32),
+        "num_prompts": len(prompts),
+        "temperature": dcfg.gen_temperature,
+        "max_new_tokens": dcfg.gen_max_new_tokens,
+        "max_seq_len": dcfg.max_seq_len,
+        "batch_size": dcfg.gen_batch_size,  # padding changes low-order bits of bf16 logits
+        "seed": dcfg.seed,
+    }
+
+
+def _batches(prompts: list[Prompt], ids: list[list[int]], bs: int) -> list[list[int]]:
+    """Prompt indices in batches of ``bs``, grouped by length so that left padding wastes little."""
+    order = sorted(range(len(prompts)), key=lambda i: (len(ids[i]), i))
+    return [order[i : i + bs] for i in range(0, len(order), bs)]
+
+
+@torch.no_grad()
+def generate_batch(
+    target: Any, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float
+) -> list[list[int]]:
+    """Responses for a batch of tokenised prompts: left padding, one ``generate`` call.
+
+    Each response runs to and including the first EOS (or ``max_new_tokens`` tokens).
+    """
+    pad = target.tokenizer.pad_token_id
+    eos = sorted(target.eos_token_ids)
+    width = max(map(len, prompt_ids))
+    inp = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(inp)
+    for r, s in enumerate(prompt_ids):
+        inp[r, width - len(s) :] = torch.tensor(s)
+        mask[r, width - len(s) :] = 1
+    kw: dict[str, Any] = (
+        {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+        if temperature > 0
+        else {"do_sample": False}
+    )
+    out = target.model.generate(
+        input_ids=inp.to(target.device),
+        attention_mask=mask.to(target.device),
+        max_new_tokens=max_new_tokens,
+        pad_token_id=pad,
+        eos_token_id=eos,
+        **kw,
+    )
+    responses = []
+    for row in out[:, width:].tolist():
+        cut = next((j + 1 for j, t in enumerate(row) if t in eos), len(row))
+        responses.append(row[:cut])
+    return responses
+
+
+def build_selfdistill(
+    target: Any,
+    prompts: list[Prompt],
+    dcfg: DatasetConfig,
+    cache_dir: Path,
+    progress: bool = True,
+    stop_after_shards: int | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Generate (or reuse) the self-distilled sequences; returns (cache dir, stats).
+
+    stats: sequences, prompt/response/total tokens, responses ended by EOS, sequences cut at max_seq_len,
+    generation seconds and tok/s of this call, ``reused`` (1 if nothing was generated), shards computed.
+    """
+    if dcfg.max_prompt_tokens >= dcfg.max_seq_len:
+        raise UserError(
+            f"dataset.max_prompt_tokens: {dcfg.max_prompt_tokens} leaves no room for a response within "
+            f"dataset.max_seq_len={dcfg.max_seq_len}"
+        )
+    desc = selfdistill_desc(target, prompts, dcfg)
+    d = Path(cache_dir) / "selfdistill" / content_key(desc)
+    d.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(d) + ".lock"):
+        man = read_manifest(d)
+        if man is not None:
+            return d, {**man["stats"], "reused": 1, "shards_computed": 0, "gen_seconds": 0.0}
+        d.mkdir(exist_ok=True)
+        from vsd.records import atomic_write_json
+
+        atomic_write_json(d / "key.json", desc)
+        ids = [target.chat_ids(p["messages"]) for p in prompts]
+        with open(d / "prompts.jsonl", "w") as fh:  # rewritten identically on resume (same key)
+            for p in prompts:
+                fh.write(json.dumps({"id": p["id"], "messages": p["messages"], "source": p["source"]}) + "\n")
+        batches = _batches(prompts, ids, dcfg.gen_batch_size)
+        done = set(done_shards(d, len(batches)))
+        todo = [b for b in range(len(batches)) if b not in done]
+        t0 = time.time()
+        new_tokens = 0
+        bar = tqdm(
+            total=len(prompts),
+            initial=sum(len(batches[b]) for b in done),
+            desc="self-distill",
+            unit="prompt",
+            disable=not progress,
+        )
+        for k, b in enumerate(todo):
+            if stop_after_shards is not None and k >= stop_after_shards:
+                bar.close()
+                raise Interrupted(f"stopped after {k} shards (test)")
+            rows = batches[b]
+            # Seeded per shard: a resumed build samples the same responses as an uninterrupted one.
+            with torch.random.fork_rng():
+                torch.manual_seed(dcfg.seed * 1_000_003 + b)
+                resp = generate_batch(
+                    target, [ids[i] for i in rows], dcfg.gen_max_new_tokens, dcfg.gen_temperature
+                )
+            seqs = [(ids[i] + r)[: dcfg.max_seq_len] for i, r in zip(rows, resp)]
+            new_tokens += sum(len(r) for r in resp)
+            lens = torch.tensor([len(s) for s in seqs])
+            save_shard(
+                d / shard_name(b),
+                {
+                    "input_ids": torch.tensor([t for s in seqs for t in s], dtype=torch.int32),
+                    "offsets": torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)]),
+                    "prompt_lens": torch.tensor([len(ids[i]) for i in rows], dtype=torch.int32),
+                    "prompt_index": torch.tensor(rows, dtype=torch.long),
+                },
+            )
+            bar.update(len(rows))
+            bar.set_postfix(tok_s=f"{new_tokens / max(time.time() - t0, 1e-9):.0f}")
+        bar.close()
+        gen_seconds = time.time() - t0
+        stats = _stats(d, len(batches), target.eos_token_ids, dcfg.max_seq_len)
+        write_manifest(d, len(batches), {"key": desc, "stats": stats})
+    return d, {
+        **stats,
+        "reused": int(not todo),
+        "shards_computed": len(todo),
+        "gen_seconds": round(gen_seconds, 3),
+        "gen_tokens_per_s": round(new_tokens / gen_seconds, 1) if todo and gen_seconds > 0 else None,
+    }
+
+
+def _stats(d: Path, n_shards: int, eos: set[int], max_seq_len: int) -> dict[str, Any]:
+    seqs = load_sequences(d, n_shards)
+    prompt_tok = sum(int(s["prompt_len"]) for s in seqs)
+    total = sum(len(s["input_ids"]) for s in seqs)
+    return {
+        "sequences": len(seqs),
+        "prompt_tokens": prompt_tok,
+        "response_tokens": total - prompt_tok,
+        "total_tokens": total,
+        "ended_with_eos": sum(int(s["input_ids"][-1]) in eos for s in seqs),
+        "cut_at_max_seq_len": sum(len(s["input_ids"]) >= max_seq_len for s in seqs),
+    }
+
+
+def load_sequences(d: Path, n_shards: int | None = None) -> list[dict[str, Any]]:
+    """All sequences of a self-distill cache dir, in prompt order.
+
+    Each: ``input_ids`` (T,) long, ``loss_mask`` (T,) bool (True on response tokens), ``prompt_len`` int,
+    ``prompt_index`` int.
+    """
+    d = Path(d)
+    man = read_manifest(d)
+    if n_shards is None:
+        if man is None:
+            raise UserError(f"self-distill cache {d} is incomplete (no manifest); rerun the data stage")
+        n_shards = len(man["shards"])
+    sha = {s["file"]: s["sha256"] for s in man["shards"]} if man else {}
+    out = []
+    for b in range(n_shards):
+        t = load_shard(d / shard_name(b), sha.get(shard_name(b)))
+        off = t["offsets"].tolist()
+        for j in range(len(off) - 1):
+            ids = t["input_ids"][off[j] : off[j + 1]].long()
+            pl = int(t["prompt_lens"][j])
+            mask = torch.zeros(len(ids), dtype=torch.bool)
+            mask[pl:] = True
+            out.append(
+                {
+                    "input_ids": ids,
+                    "loss_mask": mask,
+                    "prompt_len": pl,
+                    "prompt_index": int(t["prompt_index"][j]),
+                }
+            )
+    out.sort(key=lambda s: s["prompt_index"])
+    return out

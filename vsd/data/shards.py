@@ -1,0 +1,128 @@
+"""Sharded on-disk caches: atomic safetensors shards, a manifest with per-shard sha256, content keys.
+
+A cache directory ``<root>/<key>/`` holds ``shard_00000.safetensors, ...`` and, once complete,
+``manifest.json``. A shard only ever appears under its final name fully written (tmp file + ``os.replace``),
+so a run killed with ``kill -9`` leaves only complete shards and the next run continues from them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from vsd.errors import UserError
+
+
+def content_key(obj: Any, length: int = 16) -> str:
+    """Stable short hash of a JSON-serialisable description (sorted keys)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def target_fingerprint(target: Any) -> str:
+    """Identity of the target's weights: name, dtype, and a hash over every tensor's name, shape and a
+    strided sample of its values (cheap even for 8B models, and different for any re-initialisation or
+    different checkpoint)."""
+    h = hashlib.sha256()
+    h.update(str(getattr(target, "name", "")).encode())
+    for name, t in target.model.state_dict().items():
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        flat = t.detach().reshape(-1)
+        step = max(1, flat.numel() // 4096)
+        h.update(flat[::step][:4096].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while b := fh.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def shard_name(i: int) -> str:
+    return f"shard_{i:05d}.safetensors"
+
+
+def save_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> None:
+    """Write a safetensors shard atomically (a reader never sees a partial file under ``path``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_shard(path: Path, expect_sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """Load one shard; a missing, truncated or altered file is a one-line UserError naming the shard."""
+    if not path.exists():
+        raise UserError(f"cache shard {path} is missing; delete {path.parent} to rebuild the cache")
+    if expect_sha256 is not None and sha256_file(path) != expect_sha256:
+        raise UserError(
+            f"cache shard {path} is corrupt (sha256 differs from the manifest); delete {path.parent} to rebuild"
+        )
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(
+            f"cache shard {path} is unreadable ({' '.join(str(e).split())[:120]}); delete {path.parent} to rebuild"
+        ) from None
+
+
+def done_shards(d: Path, n: int) -> list[int]:
+    """Indices < n whose shard exists (complete by construction) and loads."""
+    out = []
+    for i in range(n):
+        p = d / shard_name(i)
+        if p.exists():
+            try:
+                load_shard(p)
+            except UserError:  # e.g. a disk-full write that still got renamed: redo it
+                p.unlink()
+                continue
+            out.append(i)
+    return out
+
+
+def write_manifest(d: Path, n_shards: int, extra: dict[str, Any]) -> dict[str, Any]:
+    """The completion marker: per-shard size and sha256, plus ``extra`` (key description, stats)."""
+    shards = []
+    for i in range(n_shards):
+        p = d / shard_name(i)
+        shards.append({"file": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)})
+    man = {"complete": True, "shards": shards, "bytes": sum(s["bytes"] for s in shards), **extra}
+    from vsd.records import atomic_write_json
+
+    atomic_write_json(d / "manifest.json", man)
+    return man
+
+
+def read_manifest(d: Path) -> dict[str, Any] | None:
+    """The manifest of a complete cache dir, or None if the cache is absent or incomplete."""
+    p = d / "manifest.json"
+    if not p.exists():
+        return None
+    try:
+        man = json.loads(p.read_text())
+    except ValueError as e:
+        raise UserError(f"cache manifest {p} is unreadable ({e}); delete {d} to rebuild") from None
+    return man if man.get("complete") else None
+
+
+def dir_size_mb(d: Path) -> float:
+    return sum(f.stat().st_size for f in Path(d).rglob("*") if f.is_file()) / 2**20
