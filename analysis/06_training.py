@@ -1,0 +1,28 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Training curves: simulated τ and loss
+# Records: `VSD_RUNS` (env var, default `multirun`); figures go to `VSD_FIGURES` (default `analysis/figures`).
+# No metric logic here: everything is computed by `vsd.analysis` (docs/analysis.md).
+
+# %%
+import os
+
+from vsd.analysis import collect_runs, collect_train_logs, plots, tables  # noqa: F401
+
+RUNS = os.environ.get("VSD_RUNS", "multirun")
+OUT = os.environ.get("VSD_FIGURES", "analysis/figures")
+logs = collect_train_logs(RUNS)
+fig = plots.plot_training_curves(logs)
+plots.save_figure(fig, OUT, "training_curves", close=False)

@@ -1,0 +1,28 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Measured speedup against the cost-model bound τ/(c_verify + D·c_draft)
+# Records: `VSD_RUNS` (env var, default `multirun`); figures go to `VSD_FIGURES` (default `analysis/figures`).
+# No metric logic here: everything is computed by `vsd.analysis` (docs/analysis.md).
+
+# %%
+import os
+
+from vsd.analysis import collect_runs, collect_train_logs, plots, tables  # noqa: F401
+
+RUNS = os.environ.get("VSD_RUNS", "multirun")
+OUT = os.environ.get("VSD_FIGURES", "analysis/figures")
+runs = collect_runs(RUNS)
+fig = plots.plot_speedup_vs_bound(runs)
+plots.save_figure(fig, OUT, "speedup_vs_bound", close=False)
