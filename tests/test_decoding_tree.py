@@ -1,0 +1,70 @@
+"""The EAGLE-2 dynamic tree builder (greedy) and the rank-only template used at T>0."""
+
+from __future__ import annotations
+
+import torch
+
+from vsd.config.schema import DecodingConfig
+from vsd.decoding.tree import NodePool, build_dynamic_tree, static_template
+from vsd.decoding.tree_attention import node_depths
+
+
+def _expand_fixed(pool: NodePool, V: int = 7):
+    """Children log-probs that depend on (depth, parent token) only: a deterministic toy drafter."""
+    calls = []
+
+    def expand(idx):
+        calls.append(idx.tolist())
+        rows = []
+        for i in idx.tolist():
+            d = 0 if i < 0 else pool.depths[i]
+            t = 0 if i < 0 else pool.tokens[i]
+            g = torch.Generator().manual_seed(100 * d + t)
+            rows.append(torch.log_softmax(2 * torch.randn(V, generator=g), -1))
+        return torch.stack(rows)
+
+    return expand, calls
+
+
+def test_greedy_tree_keeps_best_cumulative_nodes():
+    d = DecodingConfig(mode="tree", depth=3, top_k=3, total_tokens=8)
+    pool = NodePool()
+    expand, calls = _expand_fixed(pool)
+    tree = build_dynamic_tree(expand, d, None, pool)
+    assert tree.size == 8 and len(calls) == 3 and all(len(c) <= 3 for c in calls)
+    par = tree.parents.tolist()
+    assert all(p < i for i, p in enumerate(par))  # topological
+    kept = tree.pool_index.tolist()
+    assert [pool.tokens[k] for k in kept] == tree.tokens.tolist()
+    worst_kept = min(pool.scores[k] for k in kept)
+    assert all(pool.scores[i] <= worst_kept for i in range(len(pool.tokens)) if i not in kept)
+    for i, p in enumerate(par):  # siblings in decreasing draft probability
+        sib = [j for j in range(i) if par[j] == p]
+        assert all(pool.scores[kept[j]] >= pool.scores[kept[i]] for j in sib)
+    assert int(node_depths(tree.parents).max()) <= 3
+
+
+def test_chain_mode_is_a_single_path():
+    d = DecodingConfig(mode="chain", depth=4, top_k=8, total_tokens=32)
+    pool = NodePool()
+    expand, _ = _expand_fixed(pool)
+    tree = build_dynamic_tree(expand, d, None, pool)
+    assert tree.parents.tolist() == [-1, 0, 1, 2]
+
+
+def test_sampled_tree_shape_depends_on_ranks_only():
+    d = DecodingConfig(mode="tree", depth=3, top_k=3, total_tokens=8, temperature=1.0)
+    tmpl = static_template(3, 3, 8)
+    assert len(tmpl) == 8 and all(p[:-1] in tmpl or len(p) == 1 for p in tmpl)
+    shapes = set()
+    for seed in range(5):
+        pool = NodePool()
+        expand, _ = _expand_fixed(pool)
+        tree = build_dynamic_tree(expand, d, torch.Generator().manual_seed(seed), pool)
+        shapes.add(tuple(tree.parents.tolist()))
+        assert tree.child_dists is not None and tree.child_dists.shape == (9, 7)
+        ch: dict[int, list[int]] = {}
+        for i, p in enumerate(tree.parents.tolist()):
+            ch.setdefault(p, []).append(int(tree.tokens[i]))
+        assert all(len(set(v)) == len(v) for v in ch.values())  # siblings drawn without replacement
+    assert len(shapes) == 1  # different samples, same shape (full support here)
