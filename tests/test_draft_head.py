@@ -1,0 +1,89 @@
+"""EAGLE-3 head: shapes, vocab maps, TTT attention == decoding KV attention, save/load round trip."""
+
+import pytest
+import torch
+
+from vsd.config import compose
+from vsd.models.draft import DraftHead, build_head, vocab_from_counts
+from vsd.models.target import load_target
+from vsd.train.toy_data import collate_items, make_toy_items
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    _, cfg = compose(["model=tiny_random"])[0]
+    target = load_target(cfg.model, tmp_path_factory.mktemp("c"), "cpu", "float32")
+    counts = torch.arange(target.vocab_size).float() % 7  # deterministic, with ties
+    vocab = vocab_from_counts(counts, 32)
+    head = build_head(target, cfg.model.draft, vocab["d2t"], seed=0)
+    return cfg, target, vocab, head
+
+
+def test_vocab_maps(setup):
+    _, target, vocab, head = setup
+    d2t, t2d = head.d2t, head.t2d
+    assert d2t.shape == (32,) and t2d.shape == (target.vocab_size,)
+    assert torch.equal(t2d[d2t], torch.arange(32))
+    assert int((t2d >= 0).sum()) == 32
+    assert torch.all(d2t[1:] > d2t[:-1])  # sorted target ids
+    # the 32 most frequent: count 6 ids first (ties broken by lower id), then count 5
+    counts = torch.arange(target.vocab_size) % 7
+    assert counts[d2t].min() >= 5 and counts[d2t].float().mean() > 5
+
+
+def test_shapes_and_frozen_embedding(setup):
+    _, target, _, head = setup
+    H = target.hidden_size
+    assert head.fc.weight.shape == (H, 3 * H)
+    layer = head.layers[0]
+    assert layer.q_proj.weight.shape[1] == 2 * H and layer.k_proj.weight.shape[1] == 2 * H
+    assert not head.embed_tokens.weight.requires_grad
+    assert torch.equal(head.embed_tokens.weight, target.model.get_input_embeddings().weight)
+    trainable = head.num_trainable_parameters()
+    assert trainable == sum(p.numel() for n, p in head.named_parameters() if not n.startswith("embed"))
+    B, T = 2, 5
+    feats = torch.randn(B, T, 3 * H)
+    ids = torch.randint(0, target.vocab_size, (B, T))
+    h, logits = head.step(head.fuse(feats), ids, torch.arange(T)[None])
+    assert h.shape == (B, T, H) and logits.shape == (B, T, 32)
+
+
+def test_ttt_step_equals_decoding_with_kv_cache(setup):
+    """TTT step k at position t == a depth-(k+1) node over a KV cache of positions <= t (the alignment)."""
+    _, target, _, head = setup
+    H, T, t = target.hidden_size, 7, 3
+    torch.manual_seed(0)
+    feats, ids = torch.randn(1, T, 3 * H), torch.randint(0, 200, (1, T))
+    pos = torch.arange(T)[None]
+    cache = head.new_ttt_cache()
+    h0, l0 = head.step(head.fuse(feats), ids, pos, cache)
+    ids1 = torch.roll(ids, -1, 1)
+    h1, l1 = head.step(h0, ids1, pos + 1, cache)
+    # decoding: prefix entries 0..t, then the depth-2 node at position t+1 sees them and itself
+    kv = head.new_kv_cache()
+    hd, ld = head.step(head.fuse(feats[:, : t + 1]), ids[:, : t + 1], pos[:, : t + 1], kv)
+    assert torch.allclose(ld, l0[:, : t + 1], atol=1e-5)
+    _, ln = head.step(hd[:, t : t + 1], ids1[:, t : t + 1], torch.tensor([[t + 1]]), kv)
+    assert torch.allclose(ln[0, 0], l1[0, t], atol=1e-5)
+
+
+def test_save_load_roundtrip(setup, tmp_path):
+    _, target, _, head = setup
+    head.save(tmp_path / "d")
+    back = DraftHead.load(tmp_path / "d", target)
+    assert torch.equal(back.d2t, head.d2t) and torch.equal(back.t2d, head.t2d)
+    for (n, a), (_, b) in zip(head.state_dict().items(), back.state_dict().items()):
+        assert torch.equal(a, b), n
+    items = make_toy_items(target, 2, new_tokens=6, greedy=False)
+    b = collate_items(items)
+    x = head.step(head.fuse(b["features"]), b["input_ids"], torch.arange(b["input_ids"].shape[1])[None])[1]
+    y = back.step(back.fuse(b["features"]), b["input_ids"], torch.arange(b["input_ids"].shape[1])[None])[1]
+    assert torch.equal(x, y)
+
+
+def test_load_errors_name_the_file(setup, tmp_path):
+    _, target, _, _ = setup
+    from vsd.errors import UserError
+
+    with pytest.raises(UserError, match="missing config.json"):
+        DraftHead.load(tmp_path, target)

@@ -1,0 +1,35 @@
+"""Draft-training losses. One signature: ``loss(head, batch, step) -> (scalar tensor, logs dict[str, float])``.
+
+Log-key convention (the trainer relies on it): keys ``n_*`` and ``s_*`` are counters/sums, summed over
+micro-batches and ranks; ``loss`` is the batch's objective (trainer-weighted by response tokens); every
+other key is averaged, weighted by the micro-batch's response-token count ``n_resp``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from vsd.config.schema import LossConfig
+
+
+class Loss(Protocol):
+    name: str
+    ttt_steps: int
+    step_decay: float
+
+    def __call__(self, head, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict]: ...
+
+
+def build_loss(lcfg: LossConfig, target, vocab: dict[str, torch.Tensor]) -> Loss:
+    """``loss.name`` -> the loss object. vocab: {"d2t": (V_d,) target ids, "t2d": (V,) draft ids or -1}."""
+    if lcfg.name == "eagle3":
+        from vsd.losses.eagle3 import Eagle3Loss
+
+        return Eagle3Loss(lcfg, target, vocab)
+    if lcfg.name == "vsd":
+        from vsd.losses.vsd import VSDLoss  # built on top of Eagle3Loss by the VSD module
+
+        return VSDLoss(lcfg, target, vocab)
+    raise ValueError(f"loss.name: unknown loss {lcfg.name!r}")
