@@ -21,6 +21,7 @@ from vsd.config import Config, ConfigError, to_config
 from vsd.errors import UserError
 from vsd.records import RunRecord
 from vsd.runtime import resolve_device, set_seed, set_threads
+from vsd.sweep import launcher_threads, swept_overrides
 from vsd.tracking import Tracker, make_tracker
 
 STAGE_FUNCS = {
@@ -80,7 +81,8 @@ def _job_info() -> dict[str, Any]:
 
 
 def _swept_tags(job: dict[str, Any]) -> list[str]:
-    return [o.lstrip("+~") for o in job.get("overrides", [])]
+    # In a multirun only the swept keys' values (vsd/sweep.py); a single run is tagged with its overrides.
+    return swept_overrides(job.get("overrides", []), job.get("sweep_dir"))
 
 
 def execute(dcfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
@@ -88,7 +90,8 @@ def execute(dcfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     cfg = to_config(dcfg)
     run_dir = Path(run_dir or cfg.paths.output_dir or ".")
     job = _job_info()
-    threads = set_threads(cfg.threads)
+    # A multirun job takes the CPUs its launcher gave it (cpus_per_task), not every core (vsd/sweep.py).
+    threads = set_threads(cfg.threads if cfg.threads is not None else launcher_threads())
     seed = set_seed(cfg.seed)
     resolved = OmegaConf.to_container(dcfg, resolve=True)
     record = RunRecord(run_dir, seed, resolved, job)
