@@ -4,21 +4,26 @@ tiny sweep: tests/test_analysis_real.py."""
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+import pytest
 
-matplotlib.use("Agg")
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-
-from tests.test_analysis_fixture import write_fake_sweep, write_run  # noqa: E402
-from vsd.analysis import aggregate, collect_prompts, collect_runs, collect_train_logs, mean_ci, swept_keys  # noqa: E402
-from vsd.analysis import make_figures, plots, tables  # noqa: E402
-from vsd.analysis.collect import method_label  # noqa: E402
+from tests.test_analysis_fixture import write_fake_sweep, write_run
+from vsd.analysis import (
+    aggregate,
+    collect_prompts,
+    collect_runs,
+    collect_train_logs,
+    make_figures,
+    mean_ci,
+    plots,
+    swept_keys,
+    tables,
+)
+from vsd.analysis.collect import method_label
 
 SEEDS = (0, 1)
 
