@@ -59,3 +59,27 @@ def test_make_drafter_needs_a_checkpoint(tmp_path):
     ctx = SimpleNamespace(cfg=cfg, artifacts={}, target=None)
     with pytest.raises(UserError, match="draft.checkpoint: draft directory .*/x does not exist"):
         make_drafter(ctx)
+
+
+def test_run_turn_records_divergence_and_near_tie(monkeypatch):
+    """With stand-in engine results: the row's match / divergence index / AR gap / near-tie flag."""
+    from types import SimpleNamespace
+
+    import vsd.decoding.engine as engine
+    from vsd.decoding.engine import GenResult
+    from vsd.evaluation.runner import EvalRunner
+
+    _, cfg = compose(["model=tiny_random", "decoding=ngram", "eval=smoke", "decoding.near_tie_eps=0.1"])[0]
+    ar = GenResult([5, 6, 7, 8], 4, top2_gap=[2.0, 1.0, 0.05, 3.0])
+    spec = GenResult([5, 6, 9, 8], 2, drafted=[3], accepted=[2], tree_depth=[3], wall_s=0.1, draft_s=0.01)
+    monkeypatch.setattr(engine, "generate_ar", lambda *a, **k: ar)
+    monkeypatch.setattr(engine, "generate_spec", lambda *a, **k: spec)
+    target = SimpleNamespace(device="cpu")
+    runner = EvalRunner(target, None, cfg.decoding, cfg.eval, None)
+    row, ref = runner.run_turn({"id": "x", "category": "c"}, 0, [1, 2, 3])
+    assert ref is ar and row["match"] is False and row["diverge_at"] == 2
+    assert row["diverge_gap"] == 0.05 and row["near_tie"] is True
+    assert row["spec"]["accepted"] == [2] and row["ar"]["ids"] == [5, 6, 7, 8] and row["peers"] == {}
+    spec.tokens[2] = 7
+    row, _ = runner.run_turn({"id": "x", "category": "c"}, 0, [1, 2, 3])
+    assert row["match"] is True and row["diverge_at"] is None

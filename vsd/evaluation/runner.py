@@ -103,7 +103,8 @@ def hf_generate(
         pad_token_id=target.tokenizer.pad_token_id,
     )
     if sample:
-        gen_kw.update(temperature=dcfg.temperature, top_p=dcfg.top_p, top_k=dcfg.target_top_k or None)
+        # top_k=0 switches HF's default top-k (50) off, as target_top_k=0 does in our engine
+        gen_kw.update(temperature=dcfg.temperature, top_p=dcfg.top_p, top_k=dcfg.target_top_k)
         torch.manual_seed(generator_seed)
     else:
         gen_kw.update(temperature=None, top_p=None, top_k=None)
