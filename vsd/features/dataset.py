@@ -1,0 +1,130 @@
+"""The trainer's view of the data: train / held-out datasets of per-sequence feature dicts, and collation.
+
+Contract (the draft trainer relies on exactly this):
+- :func:`make_train_source` ``(ctx) -> (train, heldout)``: torch Datasets whose items are dicts
+  ``input_ids`` (T,) long, ``loss_mask`` (T,) bool (True on response tokens), ``features`` (T, 3H) bf16,
+  ``target_hidden`` (T, H) bf16, with T <= ``train.max_seq_len``. Split by ``dataset.heldout_fraction``
+  (seed ``dataset.seed``; the same split the draft vocab was counted on). ``train.features=cache`` reads the
+  feature cache (sha256-verified once); ``online`` computes the same dicts with the target on access.
+- :func:`collate` ``(items) -> dict``: the same keys padded to the batch's longest T (zeros; loss_mask
+  False) plus ``attention_mask`` (B, T) bool.
+- :func:`load_vocab` ``(path) -> {"d2t", "t2d"}``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from vsd.data.selfdistill import load_sequences
+from vsd.data.shards import load_shard, read_manifest
+from vsd.data.split import heldout_split
+from vsd.data.vocab import load_vocab
+from vsd.errors import UserError
+from vsd.features.cache import compute_item
+
+__all__ = ["CachedFeatures", "FeatureDataset", "OnlineFeatures", "collate", "load_vocab", "make_train_source"]
+
+
+class CachedFeatures:
+    """All shards of a feature cache in memory (each sha256-checked against the manifest when loaded)."""
+
+    def __init__(self, features_dir: str | Path):
+        d = Path(features_dir)
+        man = read_manifest(d)
+        if man is None:
+            raise UserError(f"feature cache {d} is incomplete (no manifest); rerun the features stage")
+        self.dir = d
+        self.shards = [load_shard(d / s["file"], s["sha256"]) for s in man["shards"]]
+        self.index: list[tuple[int, int, int]] = []  # sequence -> (shard, start, end)
+        for k, sh in enumerate(self.shards):
+            off = sh["offsets"].tolist()
+            self.index += [(k, off[j], off[j + 1]) for j in range(len(off) - 1)]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def get(self, i: int) -> dict[str, torch.Tensor]:
+        k, a, b = self.index[i]
+        sh = self.shards[k]
+        return {
+            "input_ids": sh["input_ids"][a:b].long(),
+            "loss_mask": sh["loss_mask"][a:b].bool(),
+            "features": sh["features"][a:b],
+            "target_hidden": sh["target_hidden"][a:b],
+        }
+
+
+class OnlineFeatures:
+    """The same dicts as :class:`CachedFeatures`, computed by the target on access (no cache).
+
+    Use with ``num_workers=0`` (the target lives in this process).
+    """
+
+    def __init__(self, target: Any, dataset_dir: str | Path):
+        self.target = target
+        self.seqs = load_sequences(Path(dataset_dir))
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def get(self, i: int) -> dict[str, torch.Tensor]:
+        s = self.seqs[i]
+        return {
+            "input_ids": s["input_ids"],
+            "loss_mask": s["loss_mask"],
+            **compute_item(self.target, s["input_ids"]),
+        }
+
+
+class FeatureDataset(Dataset):
+    """A subset (``indices``) of a feature store, truncated to ``max_len`` tokens."""
+
+    def __init__(self, store: CachedFeatures | OnlineFeatures, indices: list[int], max_len: int):
+        self.store, self.indices, self.max_len = store, list(indices), max_len
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = self.store.get(self.indices[i])
+        return {k: v[: self.max_len] for k, v in item.items()}
+
+
+def make_train_source(ctx: Any) -> tuple[FeatureDataset, FeatureDataset]:
+    """(train, heldout) datasets for the draft trainer; see the module docstring for the item contract."""
+    cfg = ctx.cfg
+    if cfg.train.features == "online":
+        if "dataset_dir" not in ctx.artifacts:
+            raise UserError("stages: train with train.features=online needs the data stage before it")
+        store: CachedFeatures | OnlineFeatures = OnlineFeatures(ctx.target, ctx.artifacts["dataset_dir"])
+    else:
+        if not ctx.artifacts.get("features_dir"):
+            raise UserError(
+                "stages: train needs the data and features stages before it (stages=[data,features,train,...])"
+            )
+        store = CachedFeatures(ctx.artifacts["features_dir"])
+    train_idx, held_idx = heldout_split(len(store), cfg.dataset.heldout_fraction, cfg.dataset.seed)
+    max_len = min(cfg.train.max_seq_len, cfg.dataset.max_seq_len)
+    return FeatureDataset(store, train_idx, max_len), FeatureDataset(store, held_idx, max_len)
+
+
+def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Right-pad a list of items to the longest T: (B, T) / (B, T, ·) tensors + ``attention_mask`` (B, T) bool."""
+    if not items:
+        raise ValueError("collate: empty batch")
+    T = max(len(it["input_ids"]) for it in items)
+    B = len(items)
+    out: dict[str, torch.Tensor] = {}
+    for key, v in items[0].items():
+        buf = torch.zeros((B, T, *v.shape[1:]), dtype=v.dtype)
+        for b, it in enumerate(items):
+            buf[b, : len(it[key])] = it[key]
+        out[key] = buf
+    out["attention_mask"] = torch.zeros(B, T, dtype=torch.bool)
+    for b, it in enumerate(items):
+        out["attention_mask"][b, : len(it["input_ids"])] = True
+    return out
