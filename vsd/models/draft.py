@@ -394,3 +394,10 @@ def vocab_from_counts(counts: torch.Tensor, size: int) -> dict[str, torch.Tensor
     t2d[d2t] = torch.arange(size)
     total = counts.sum().clamp_min(1)
     return {"d2t": d2t, "t2d": t2d, "coverage": counts[d2t].sum() / total}
+
+
+def load_draft(path: str | Path, target, device: str | torch.device | None = None):
+    """A saved draft dir -> an EagleDrafter (vsd.decoding Drafter protocol) on ``device`` (target's default)."""
+    from vsd.models.drafter_eagle import EagleDrafter
+
+    return EagleDrafter(DraftHead.load(path, target, device=device or target.device))

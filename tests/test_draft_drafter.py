@@ -1,0 +1,59 @@
+"""EagleDrafter with the decoding engine: lossless at T=0 (fp32), tree entries are cleaned from the cache."""
+
+import pytest
+import torch
+
+from vsd.config import compose
+from vsd.decoding.engine import generate_ar, generate_spec
+from vsd.models.draft import build_head, load_draft, vocab_from_counts
+from vsd.models.drafter_eagle import EagleDrafter
+from vsd.models.target import load_target
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    _, cfg = compose(
+        [
+            "model=tiny_random",
+            "decoding=tree",
+            "decoding.max_new_tokens=24",
+            "decoding.depth=4",
+            "decoding.top_k=3",
+            "decoding.total_tokens=10",
+        ]
+    )[0]
+    target = load_target(cfg.model, tmp_path_factory.mktemp("c"), "cpu", "float32")
+    vocab = vocab_from_counts(torch.ones(target.vocab_size), 200)
+    head = build_head(target, cfg.model.draft, vocab["d2t"], seed=0)
+    return cfg, target, head
+
+
+@pytest.mark.parametrize("mode", ["tree", "chain"])
+def test_t0_spec_equals_ar(setup, mode, tmp_path):
+    cfg, target, head = setup
+    head.save(tmp_path / "d")
+    drafter = load_draft(tmp_path / "d", target)
+    assert isinstance(drafter, EagleDrafter)
+    import dataclasses
+
+    dcfg = dataclasses.replace(cfg.decoding, mode=mode)
+    for text in ["abcabcabc"]:
+        prompt = target.chat_ids([{"role": "user", "content": text}])
+        ar = generate_ar(target, prompt, dcfg)
+        sp = generate_spec(target, drafter, prompt, dcfg)
+        assert sp.tokens == ar.tokens
+        assert sp.target_forwards <= ar.target_forwards
+
+
+def test_cache_holds_committed_entries_only(setup):
+    cfg, target, head = setup
+    d = EagleDrafter(head)
+    H = target.hidden_size
+    prompt = [5, 6, 7, 8]
+    d.reset(prompt, torch.randn(4, 3 * H))
+    tree = d.propose(9, cfg.decoding)
+    assert len(d.kv) == 4 and tree.size == cfg.decoding.total_tokens
+    assert torch.isfinite(tree.tokens.float()).all() and set(tree.tokens.tolist()) <= set(head.d2t.tolist())
+    d.commit([9, int(tree.tokens[0])], torch.randn(2, 3 * H))
+    d.propose(11, cfg.decoding)
+    assert len(d.kv) == 6  # 4 prompt entries + root 9 + accepted token, tree entries dropped
