@@ -94,6 +94,8 @@ def test_method_label() -> None:
 
 def test_corrupt_and_partial_folders_reported_and_skipped(tmp_path: Path) -> None:
     write_run(tmp_path / "good", seed=0)
+    (tmp_path / "good" / "draft").mkdir()  # a checkpoint inside a run dir is not a partial run
+    (tmp_path / "good" / "draft" / "config.json").write_text("{}")
     write_run(tmp_path / "bad_json", seed=1)
     (tmp_path / "bad_json" / "run.json").write_text("{not json")
     (tmp_path / "partial").mkdir()

@@ -143,7 +143,9 @@ def find_run_dirs(paths: str | Path | Iterable[str | Path]) -> list[Path]:
                 # Hydra's own folder and W&B's offline folders hold no vsd records.
                 if not any(part in (".hydra", "wandb") for part in f.relative_to(root).parts[:-1]):
                     found.add(f.parent)
-    return sorted(found)
+    # Folders inside a run directory (e.g. the draft checkpoint's config.json) belong to that run.
+    runs = {d for d in found if (d / "run.json").is_file()}
+    return sorted(d for d in found if not any(p in runs for p in d.parents))
 
 
 def _run_id(run_dir: Path, roots: list[Path]) -> str:

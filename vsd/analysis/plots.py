@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from vsd.analysis.aggregate import (  # noqa: E402
     ABLATION_FLAGS,
@@ -390,6 +391,7 @@ def plot_training_curves(
                 ax.plot(s, mu, color=colors[lab], label=lab)
                 ax.fill_between(s, mu - _err(ci), mu + _err(ci), color=colors[lab], alpha=0.2, lw=0)
             ax.set_xlabel("training step (optimizer updates)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(UNITS.get(m, m))
         _legend(axes[0, -1], 5)
         fig.suptitle("Training curves (mean over seeds, band: 95% CI)")
@@ -420,7 +422,7 @@ def plot_speedup_vs_bound(runs: pd.DataFrame) -> Figure:
                 zorder=3,
             )
         lo = min(0.0, float(np.nanmin([x.min(), y.min()])))
-        hi = float(np.nanmax([x.max(), y.max()])) * 1.1
+        hi = max(1.1, float(np.nanmax([x.max(), y.max()])) * 1.1)  # keep the plain-AR line (y = 1) in view
         ax.plot([lo, hi], [lo, hi], color="0.3", ls="--", lw=1, label="measured = bound")
         ax.axhline(1.0, color="0.3", ls=":", lw=1, label="plain AR")
         ax.set_xlim(lo, hi)
