@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from vsd.config import compose
 from vsd.pipeline import execute
@@ -18,10 +19,15 @@ def test_eval_stage_ngram_tiny(tmp_path):
         "eval.per_category=1",
         "eval.warmup=1",
         "eval.peers=[hf_prompt_lookup,hf_assisted]",
-        "decoding.max_new_tokens=10",
+        "decoding.max_new_tokens=8",
+        "threads=1",  # other tests may run beside this one on 2 cores
     ]
     dcfg, _ = compose(overrides)[0]
-    metrics = execute(dcfg, tmp_path)
+    threads = torch.get_num_threads()
+    try:
+        metrics = execute(dcfg, tmp_path)
+    finally:
+        torch.set_num_threads(threads)  # execute() sets the process-wide pool; leave it as found
     rows = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
     assert [(r["category"], r["turn"]) for r in rows] == [("mt_bench", 0), ("mt_bench", 1)]  # both turns
     # Turn 2 is conditioned on the model's own turn-1 (AR) answer: the prompt grew by more than turn 2's text.
