@@ -93,8 +93,19 @@ class VSDLoss(Eagle3Loss):
         self.d2t = vocab["d2t"].to(target.device)
         self.lm_head = target.model.get_output_embeddings()
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self._device_gens: dict[str, torch.Generator] = {}
         self._labels_for: torch.Tensor | None = None
         self._labels: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _gen(self, device: torch.device) -> torch.Generator:
+        """The sampling generator on ``device``: the CPU one itself, else one seeded from it (no host copies)."""
+        if device.type == "cpu":
+            return self.generator
+        key = str(device)
+        if key not in self._device_gens:
+            seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+            self._device_gens[key] = torch.Generator(device=device).manual_seed(seed)
+        return self._device_gens[key]
 
     def active(self, step: int) -> bool:
         return step >= self.cfg.vsd_start_step and (self.cfg.vsd_weight > 0 or self.cfg.car)
@@ -143,8 +154,8 @@ class VSDLoss(Eagle3Loss):
         for t in range(D):
             if sampling:
                 probs = warp(lg, cfg.proposal_temperature, cfg.proposal_top_k)  # (B, AS, V_d)
-                flat = probs.reshape(-1, probs.shape[-1]).cpu()
-                draw = torch.multinomial(flat, 1, generator=self.generator).view(B, AS).to(ids.device)
+                flat = probs.reshape(-1, probs.shape[-1])
+                draw = torch.multinomial(flat, 1, generator=self._gen(flat.device)).view(B, AS)
                 z[:, :, t] = draw
                 logq[:, :, t] = probs.gather(-1, draw[..., None])[..., 0].clamp_min(1e-30).log()
             if t == D - 1:
@@ -174,7 +185,7 @@ class VSDLoss(Eagle3Loss):
             proposal_logq=logq,
         )
         if cfg.verify_temperature > 0:
-            accept = sample_acceptance(orc.accept_prob.cpu(), self.generator).to(z.device)
+            accept = sample_acceptance(orc.accept_prob, self._gen(orc.accept_prob.device))
         else:
             accept = orc.accept_prob > 0.5
         U = accepted_lengths(accept) * valid[..., None]  # (B, A, S)
