@@ -186,3 +186,20 @@ def test_stages_contract_and_disjointness(tmp_path, monkeypatch):
     assert fstage.run(ctx3)["features/online"] == 1 and ctx3.artifacts["features_dir"] is None
     t3, _ = make_train_source(ctx3)
     assert all(torch.equal(t3[1][k], train[1][k]) for k in train[1])
+
+
+@pytest.mark.slow
+def test_real_target_features(default_target, tmp_path):
+    """SmolLM2 (bf16): layers 2/15/27, hidden 576, and lm_head(target_hidden) is exactly the logits path."""
+    _, cfg = compose(["dataset.gen_batch_size=2", "dataset.gen_max_new_tokens=8"])[0]
+    prompts = [
+        {"id": f"tiny:{i}", "messages": [{"role": "user", "content": t}], "source": "tiny"}
+        for i, t in enumerate(TINY_PROMPTS[:2])
+    ]
+    d, st = build_selfdistill(default_target, prompts, cfg.dataset, tmp_path, progress=False)
+    assert st["sequences"] == 2 and default_target.decode(load_sequences(d)[0]["input_ids"].tolist())
+    fd, fs = build_features(default_target, d, tmp_path, progress=False)
+    assert fs["lm_head_max_abs_diff"] == 0.0 and fs["feature_layers"] == [2, 15, 27]
+    it = CachedFeatures(fd).get(0)
+    assert it["features"].shape == (len(it["input_ids"]), 3 * 576) and it["target_hidden"].shape[1] == 576
+    assert fs["size_mb"] * 2**20 / fs["tokens"] == pytest.approx(4613, rel=0.05)
