@@ -93,11 +93,13 @@ export PATH=$HERE/bin:\$PATH
 ENV
 
 # 4. daemons (each daemonises and writes its pid file)
-if ! alive "$D/slurmctld.pid"; then slurmctld -f "$SLURM_CONF"; fi
+# -c: a fresh controller forgets jobs of earlier bring-ups (a job whose processes died with an earlier
+# session would otherwise keep the node "completing" for minutes).
+if ! alive "$D/slurmctld.pid"; then slurmctld -c -f "$SLURM_CONF"; fi
 if ! alive "$D/slurmd.pid"; then slurmd -f "$SLURM_CONF" -N "$HOST"; fi
 
 # 5. wait until the node takes jobs
-for _ in $(seq 100); do
+for _ in $(seq 300); do
   state=$(sinfo -h -N -n "$HOST" -o %t 2>/dev/null || true)
   case "$state" in idle*|mix*|alloc*) break ;; esac
   sleep 0.2
