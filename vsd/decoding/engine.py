@@ -17,8 +17,9 @@ import torch
 from vsd.config.schema import DecodingConfig
 from vsd.decoding import verify as _verify
 from vsd.decoding.drafter import Drafter, DraftTree
+from vsd.decoding.runner import DynamicRunner, keep_cache_rows, make_runner  # noqa: F401 (re-export)
 from vsd.decoding.sampling import sample, warp
-from vsd.decoding.tree_attention import node_depths, tree_attention_mask, tree_position_ids
+from vsd.decoding.tree_attention import node_depths
 from vsd.runtime import synchronize
 
 
@@ -77,6 +78,13 @@ def _top2_gap(logits: torch.Tensor) -> float:
     return float(v[0] - v[1])
 
 
+def _static_rows(drafter_or_none, dcfg: DecodingConfig) -> int:
+    """Rows per verification step for static (graph) runners: the largest tree the drafter may return."""
+    if drafter_or_none is None:
+        return 1
+    return 1 + (dcfg.total_tokens if dcfg.mode == "tree" else dcfg.depth)
+
+
 @torch.no_grad()
 def generate_ar(
     target,
@@ -91,9 +99,9 @@ def generate_ar(
     wall = _Timer(dev)
     gaps: list[float] | None = [] if record_gaps else None
     tokens: list[int] = []
+    runner = make_runner(target, dcfg)
     with wall:
-        cache = target.new_cache()
-        out = target.forward(torch.tensor([prompt_ids], device=dev), cache=cache)
+        out = runner.prefill(list(prompt_ids), False)
         forwards = 1
         while True:
             logits = out.logits[0, -1]
@@ -104,47 +112,19 @@ def generate_ar(
             if stop is not None:
                 del tokens[stop:]
                 break
-            out = target.forward(torch.tensor([[tokens[-1]]], device=dev), cache=cache)
+            out = runner.step(tokens[-1], None, False, rows=1)
+            runner.keep([0])
             forwards += 1
     return GenResult(tokens, forwards, wall_s=wall.total, top2_gap=gaps[: len(tokens)] if gaps else gaps)
 
 
-def keep_cache_rows(cache, start: int, rows: list[int], added: int) -> None:
-    """Keep, of the ``added`` entries appended at ``start``, only ``rows`` (relative, increasing): gather
-    them to the front of the block along the sequence dim of every layer, then crop the rest."""
-    if rows != list(range(len(rows))):
-        idx = torch.tensor(rows, device=cache.layers[0].keys.device) + start
-        dst = slice(start, start + len(rows))
-        for layer in cache.layers:
-            layer.keys[:, :, dst] = layer.keys.index_select(2, idx)
-            layer.values[:, :, dst] = layer.values.index_select(2, idx)
-    if added > len(rows):
-        cache.crop(-(added - len(rows)))
-
-
-def _is_chain(parents: list[int]) -> bool:
-    return all(p == i - 1 for i, p in enumerate(parents))
-
-
 @torch.no_grad()
 def verify_forward(target, cache, root: int, tree: DraftTree, prefix_len: int, output_features: bool):
-    """One target forward over [root, tree nodes] on top of ``cache`` (prefix_len entries).
-
-    A chain uses the model's own causal mask; a branching tree the 4D tree mask and depth positions.
-    Returns the TargetOutput (logits (1, N+1, V)).
-    """
-    dev = target.device
-    ids = torch.cat([torch.tensor([root]), tree.tokens.cpu()])[None].to(dev)
-    par = tree.parents.tolist()
-    if _is_chain(par):
-        mask = pos = None
-    else:
-        full = torch.tensor([-1] + [p + 1 for p in par], dtype=torch.long, device=dev)
-        mask = tree_attention_mask(full, prefix_len, target.dtype)
-        pos = tree_position_ids(full, prefix_len)
-    return target.forward(
-        ids, cache=cache, attention_mask=mask, position_ids=pos, output_features=output_features
-    )
+    """One eager target forward over [root, tree nodes] on top of a DynamicCache holding ``prefix_len``
+    entries (the engine's step, exposed for cost measurements and tests). Returns the TargetOutput."""
+    r = DynamicRunner(target)
+    r.cache, r.length = cache, prefix_len
+    return r.step(root, tree, output_features)
 
 
 @torch.no_grad()
@@ -162,20 +142,20 @@ def generate_spec(
     wall, draft = _Timer(dev), _Timer(dev)
     res = GenResult([], 0)
     tokens = res.tokens
+    runner = make_runner(target, dcfg)
+    rows_static = _static_rows(drafter, dcfg)
     with wall:
-        cache = target.new_cache()
-        out = target.forward(torch.tensor([prompt_ids], device=dev), cache=cache, output_features=feats_on)
+        out = runner.prefill(list(prompt_ids), feats_on)
         res.target_forwards = 1
         with draft:
             drafter.reset(list(prompt_ids), out.features[0] if feats_on else None)
         root = _pick(out.logits[0, -1], dcfg, generator)
         tokens.append(root)
-        prefix_len = len(prompt_ids)
         stop = _stop_index(tokens, 0, eos, dcfg.max_new_tokens)
         while stop is None:
             with draft:
                 tree = drafter.propose(root, dcfg, generator)
-            out = verify_forward(target, cache, root, tree, prefix_len, feats_on)
+            out = runner.step(root, tree, feats_on, rows=rows_static)
             res.target_forwards += 1
             logits = out.logits[0].float()
             if dcfg.temperature > 0:
@@ -183,11 +163,11 @@ def generate_spec(
             else:
                 path, nxt = _verify.verify_greedy(tree, logits)
             rows = [0] + [i + 1 for i in path]
-            keep_cache_rows(cache, prefix_len, rows, tree.size + 1)
-            prefix_len += len(rows)
+            feats = out.features[0, rows] if feats_on else None  # read before the next step reuses buffers
+            runner.keep(rows)
             acc = tree.tokens[path].tolist() if path else []
             with draft:
-                drafter.commit([root, *acc], out.features[0, rows] if feats_on else None)
+                drafter.commit([root, *acc], feats)
             res.drafted.append(tree.size)
             res.accepted.append(len(path))
             res.tree_depth.append(int(node_depths(tree.parents).max()) if tree.size else 0)

@@ -1,0 +1,139 @@
+"""GPU decoding benchmark: plain AR and speculative decoding, eager vs captured (CUDA graphs), one process.
+
+    python benchmarks/gpu_decode.py --prompts PROMPTS.jsonl [--draft DRAFT_DIR] [--n 10] [--max-new 128]
+
+Prompts: a user prompt file ({"id", "category"?, "turns": [...]}; turn 1 of each is used), e.g. MT-Bench
+written out by ``python benchmarks/gpu_decode.py --write-mtbench FILE`` on a machine with the package.
+Rows: AR eager, AR graphed, n-gram chain (eager/graphed) and, with ``--draft``, the EAGLE-3 draft in tree mode
+(eager/graphed). Every method decodes the same prompt ids after a warm-up; tokens/s counts new token ids;
+timers synchronise the device. T=0 output ids are compared with eager AR (bf16: divergences at near-ties
+are expected, see docs/eval.md). Prints a Markdown table and writes JSON next to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def write_mtbench(path: str) -> None:
+    from vsd.evaluation.prompts import load_mtbench, split_of
+
+    rows = [r for r in load_mtbench() if split_of(r["id"]) == "test"]
+    with open(path, "w") as fh:
+        for r in rows:
+            fh.write(json.dumps({"id": r["id"], "category": r["category"], "turns": list(r["turns"])}) + "\n")
+    print(f"wrote {len(rows)} MT-Bench test-split prompts to {path}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts")
+    ap.add_argument("--write-mtbench")
+    ap.add_argument("--draft", default=None)
+    ap.add_argument("--n", type=int, default=10)
+    ap.add_argument("--max-new", type=int, default=128)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--out", default="gpu_decode.json")
+    ap.add_argument("--overrides", nargs="*", default=[])
+    args = ap.parse_args()
+    if args.write_mtbench:
+        write_mtbench(args.write_mtbench)
+        return
+
+    from vsd.config import compose
+    from vsd.decoding.engine import generate_ar, generate_spec
+    from vsd.decoding.ngram import NgramDrafter
+    from vsd.evaluation.prompts import load_prompt_file
+    from vsd.models.target import load_target
+
+    _, cfg = compose([f"device={args.device}", *args.overrides])[0]
+    t0 = time.time()
+    target = load_target(cfg.model, cfg.paths.cache_dir, args.device, cfg.dtype)
+    print(f"target loaded in {time.time() - t0:.1f}s on {target.device} ({target.dtype})", flush=True)
+    prompts = [
+        target.chat_ids([{"role": "user", "content": r["turns"][0]}]) for r in load_prompt_file(args.prompts)
+    ]
+    prompts = prompts[: args.n]
+
+    base = dataclasses.replace(cfg.decoding, temperature=0.0, max_new_tokens=args.max_new)
+    chain = dataclasses.replace(base, mode="chain", depth=5, total_tokens=5)
+    methods: list[tuple[str, object, object]] = [
+        ("ar_eager", None, dataclasses.replace(base, capture="none")),
+        ("ar_graph", None, dataclasses.replace(base, capture="cuda_graph")),
+        ("ngram_eager", "ngram", dataclasses.replace(chain, capture="none")),
+        ("ngram_graph", "ngram", dataclasses.replace(chain, capture="cuda_graph")),
+    ]
+    drafter_eagle = None
+    if args.draft:
+        from vsd.models.draft import load_draft
+
+        drafter_eagle = load_draft(args.draft, target)
+        methods += [
+            ("eagle3_tree_eager", "eagle3", dataclasses.replace(base, capture="none")),
+            ("eagle3_tree_graph", "eagle3", dataclasses.replace(base, capture="cuda_graph")),
+            ("eagle3_chain_graph", "eagle3", dataclasses.replace(chain, capture="cuda_graph")),
+        ]
+
+    def run(kind, dcfg, ids):
+        if kind is None:
+            return generate_ar(target, ids, dcfg)
+        drafter = NgramDrafter(target.vocab_size) if kind == "ngram" else drafter_eagle
+        return generate_spec(target, drafter, ids, dcfg)
+
+    results: dict[str, dict] = {}
+    ref: list[list[int]] = []
+    for name, kind, dcfg in methods:
+        for ids in prompts[:2]:  # warm-up: allocator, cuBLAS, graph capture
+            run(kind, dcfg, ids)
+        toks = fwd = 0
+        secs = 0.0
+        match = 0
+        outs = []
+        for i, ids in enumerate(prompts):
+            r = run(kind, dcfg, ids)
+            toks += len(r.tokens)
+            fwd += r.target_forwards
+            secs += r.wall_s
+            outs.append(r.tokens)
+            if name == "ar_eager":
+                ref.append(r.tokens)
+            match += int(r.tokens == ref[i])
+        results[name] = {
+            "new_tokens": toks,
+            "target_forwards": fwd,
+            "seconds": round(secs, 4),
+            "tokens_per_s": toks / secs,
+            "tau": toks / fwd,
+            "match_ar_eager": f"{match}/{len(prompts)}",
+        }
+        print(name, json.dumps(results[name]), flush=True)
+    ar_e, ar_g = results["ar_eager"]["tokens_per_s"], results["ar_graph"]["tokens_per_s"]
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor()
+    lines = [
+        f"device: {device}; torch {torch.__version__}; {len(prompts)} MT-Bench prompts, T=0, "
+        f"max_new_tokens={args.max_new}; command: python {' '.join(sys.argv)}",
+        "",
+        "| method | tau | tokens/s | vs AR eager | vs AR graphed | T=0 ids = AR eager |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {r['tau']:.2f} | {r['tokens_per_s']:.1f} | {r['tokens_per_s'] / ar_e:.2f}x | "
+            f"{r['tokens_per_s'] / ar_g:.2f}x | {r['match_ar_eager']} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    Path(args.out).write_text(json.dumps({"results": results, "table": table, "peak_mem_mb": peak}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

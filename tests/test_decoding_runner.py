@@ -1,0 +1,73 @@
+"""The static-shape (graph) runner gives the same tokens as the eager DynamicCache runner; without CUDA,
+capture=cuda_graph falls back cleanly. (On a GPU the same runner replays captured CUDA graphs.)"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from tests.decoding_helpers import OracleDrafter, one_thread
+from vsd.config import compose
+from vsd.decoding.engine import generate_ar, generate_spec
+from vsd.decoding.runner import DynamicRunner, GraphRunner, make_runner
+from vsd.models.target import load_target
+
+PROMPTS = ["the cat sat on the mat. the cat sat on the", "def f(x):\n    return x"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    _, cfg = compose(["model=tiny_random"])[0]
+    target = load_target(cfg.model, cfg.paths.cache_dir, "cpu", "float32")
+    g = torch.Generator().manual_seed(0)
+    for p in target.model.parameters():  # peaked logits: distinct argmaxes, accepts and rejects
+        if p.dim() >= 2:
+            p.data = 0.2 * torch.randn(p.shape, generator=g)
+    with one_thread():
+        yield target, cfg
+
+
+def _d(cfg, **kw):
+    base = dict(temperature=0.0, depth=4, top_k=3, total_tokens=12, max_new_tokens=32, max_len=256)
+    return dataclasses.replace(cfg.decoding, **{**base, **kw})
+
+
+@pytest.mark.parametrize("mode", ["chain", "tree"])
+def test_static_runner_equals_dynamic(tiny, mode):
+    target, cfg = tiny
+    dyn, sta = _d(cfg, mode=mode), _d(cfg, mode=mode, capture="static")
+    assert isinstance(make_runner(target, sta), GraphRunner)
+    for i, text in enumerate(PROMPTS):
+        ids = target.tokenizer(text)["input_ids"]
+        ar_d, ar_s = generate_ar(target, ids, dyn), generate_ar(target, ids, sta)
+        assert ar_s.tokens == ar_d.tokens and ar_s.target_forwards == ar_d.target_forwards
+        sp_d = generate_spec(target, OracleDrafter(target, 0.6, seed=i), ids, dyn)
+        sp_s = generate_spec(target, OracleDrafter(target, 0.6, seed=i), ids, sta)
+        assert sp_s.tokens == sp_d.tokens == ar_d.tokens
+        assert sp_s.accepted == sp_d.accepted and max(sp_s.accepted) >= 1
+
+
+def test_static_step_logits_match_dynamic(tiny):
+    target, cfg = tiny
+    ids = target.tokenizer(PROMPTS[0])["input_ids"]
+    dyn, sta = DynamicRunner(target), GraphRunner(target, 128, capture=False)
+    a, b = dyn.prefill(ids, True), sta.prefill(ids, True)
+    torch.testing.assert_close(a.logits, b.logits, atol=1e-4, rtol=1e-4)
+    tree = OracleDrafter(target, 0.6, seed=0)
+    tree.reset(ids, None)
+    t = tree.propose(int(a.logits[0, -1].argmax()), _d(cfg), None)
+    root = int(a.logits[0, -1].argmax())
+    x, y = dyn.step(root, t, True), sta.step(root, t, True, rows=t.size + 4)  # padded rows are ignored
+    torch.testing.assert_close(x.logits, y.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(x.features, y.features, atol=1e-4, rtol=1e-4)
+
+
+def test_cuda_graph_without_cuda_falls_back(tiny):
+    target, cfg = tiny
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: the graph path is exercised by benchmarks/gpu.py")
+    with pytest.warns(UserWarning, match="cuda_graph needs CUDA"):
+        r = make_runner(target, _d(cfg, capture="cuda_graph"))
+    assert isinstance(r, DynamicRunner)

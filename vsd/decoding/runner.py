@@ -1,0 +1,242 @@
+"""How the engine runs the target: eager on the stock DynamicCache, or static-shape with captured CUDA graphs.
+
+Both runners expose the same three calls, so plain AR and speculative decoding share one code path whatever
+the backend:
+
+- ``prefill(prompt_ids, features)`` -> TargetOutput over the prompt (always eager);
+- ``step(root, tree, features)`` -> TargetOutput over ``[root, tree nodes...]`` appended after the committed
+  tokens (``tree=None``: just the root, i.e. one AR step); row 0 is the root;
+- ``keep(rows)`` keeps, of the rows just written, ``rows`` (relative, increasing, row 0 = root) as committed.
+
+:class:`GraphRunner` keeps every shape static: a :class:`~vsd.decoding.slot_cache.SlotCache` of ``max_len``
+slots, a fixed number of rows per step (1 for AR, ``total_tokens + 1`` for a tree, ``depth + 1`` for a chain;
+shorter trees are padded with nodes nothing attends to) and caller-built 4D masks. On CUDA each step shape
+is captured once as a CUDA graph and replayed; elsewhere the same code runs eagerly (which is how CI tests
+it against the dynamic runner).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from vsd.config.schema import DecodingConfig
+from vsd.decoding.drafter import DraftTree
+from vsd.decoding.slot_cache import SlotCache
+from vsd.decoding.tree_attention import ancestor_matrix, node_depths, tree_attention_mask, tree_position_ids
+from vsd.models.target import TargetOutput
+
+
+def _full_parents(tree: DraftTree) -> torch.Tensor:
+    """Parents of [root, nodes...]: the root has -1, depth-1 nodes point at the root (row 0)."""
+    return torch.cat([torch.tensor([-1]), tree.parents.cpu() + 1])
+
+
+def _is_chain(parents: list[int]) -> bool:
+    return all(p == i - 1 for i, p in enumerate(parents))
+
+
+class DynamicRunner:
+    """Eager forwards on the stock HF DynamicCache (the reference path)."""
+
+    def __init__(self, target):
+        self.target = target
+        self.cache = None
+        self.length = 0
+        self._added = 0
+
+    def prefill(self, prompt_ids: list[int], features: bool) -> TargetOutput:
+        self.cache = self.target.new_cache()
+        out = self.target.forward(
+            torch.tensor([prompt_ids], device=self.target.device), cache=self.cache, output_features=features
+        )
+        self.length = len(prompt_ids)
+        return out
+
+    def step(
+        self, root: int, tree: DraftTree | None, features: bool, rows: int | None = None
+    ) -> TargetOutput:
+        """``rows`` (static row count) is ignored: dynamic shapes need no padding."""
+        t = self.target
+        if tree is None or tree.size == 0:
+            ids, mask, pos = torch.tensor([[root]]), None, None
+        else:
+            ids = torch.cat([torch.tensor([root]), tree.tokens.cpu()])[None]
+            full = _full_parents(tree)
+            if _is_chain(full.tolist()):
+                mask = pos = None  # the model's own causal mask
+            else:
+                full = full.to(t.device)
+                mask = tree_attention_mask(full, self.length, t.dtype)
+                pos = tree_position_ids(full, self.length)
+        self._added = ids.shape[1]
+        return t.forward(
+            ids.to(t.device),
+            cache=self.cache,
+            attention_mask=mask,
+            position_ids=pos,
+            output_features=features,
+        )
+
+    def keep(self, rows: list[int]) -> None:
+        keep_cache_rows(self.cache, self.length, rows, self._added)
+        self.length += len(rows)
+
+
+def keep_cache_rows(cache, start: int, rows: list[int], added: int) -> None:
+    """Keep, of the ``added`` entries appended at ``start``, only ``rows`` (relative, increasing): gather
+    them to the front of the block along the sequence dim of every layer, then crop the rest."""
+    if rows != list(range(len(rows))):
+        idx = torch.tensor(rows, device=cache.layers[0].keys.device) + start
+        dst = slice(start, start + len(rows))
+        for layer in cache.layers:
+            layer.keys[:, :, dst] = layer.keys.index_select(2, idx)
+            layer.values[:, :, dst] = layer.values.index_select(2, idx)
+    if added > len(rows):
+        cache.crop(-(added - len(rows)))
+
+
+class _Shape:
+    """Static input/output buffers (and, on CUDA, the captured graph) for steps of ``n`` rows."""
+
+    def __init__(self, n: int, max_len: int, device: torch.device, dtype: torch.dtype):
+        self.n = n
+        self.ids = torch.zeros(1, n, dtype=torch.long, device=device)
+        self.pos = torch.zeros(1, n, dtype=torch.long, device=device)
+        self.slots = torch.zeros(n, dtype=torch.long, device=device)
+        self.mask = torch.zeros(1, 1, n, max_len, dtype=dtype, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.out: TargetOutput | None = None
+
+
+class GraphRunner:
+    """Static-shape runner: SlotCache + fixed rows per step; CUDA graphs on CUDA, eager elsewhere."""
+
+    def __init__(self, target, max_len: int, capture: bool):
+        self.target = target
+        self.max_len = max_len
+        dev = target.device
+        self.capture = capture and dev.type == "cuda"
+        self.cache = SlotCache(target.config, max_len, dev, target.dtype)
+        self.length = 0
+        self._shapes: dict[tuple[int, bool], _Shape] = {}
+        self._pool = None
+        self._block = 0
+        self._neg = torch.finfo(target.dtype).min
+
+    # -------------------------------------------------------------- helpers
+    def _fill(self, shape: _Shape, ids: list[int], depths: torch.Tensor, anc: torch.Tensor) -> None:
+        """Write one step's inputs into the static buffers (rows beyond len(ids) are padding)."""
+        n, k, start = shape.n, len(ids), self.length
+        dev = shape.ids.device
+        ids_t = torch.zeros(n, dtype=torch.long)
+        ids_t[:k] = torch.tensor(ids)
+        pos_t = torch.full((n,), start, dtype=torch.long)
+        pos_t[:k] = start + depths - 1
+        full_anc = torch.eye(n, dtype=torch.bool)  # padding rows see only themselves
+        full_anc[:k, :k] = anc
+        shape.ids.copy_(ids_t[None].to(dev, non_blocking=True))
+        shape.pos.copy_(pos_t[None].to(dev, non_blocking=True))
+        shape.slots.copy_(torch.arange(start, start + n, device=dev))
+        shape.mask.fill_(self._neg)
+        shape.mask[..., :start] = 0
+        block = torch.zeros(n, n, dtype=shape.mask.dtype).masked_fill_(~full_anc, self._neg)
+        shape.mask[0, 0, :, start : start + n] = block.to(dev, non_blocking=True)
+
+    def _run(self, shape: _Shape, features: bool) -> TargetOutput:
+        self.cache.set_slots(shape.slots)
+
+        def fwd() -> TargetOutput:
+            return self.target.forward(
+                shape.ids,
+                cache=self.cache,
+                attention_mask=shape.mask,
+                position_ids=shape.pos,
+                output_features=features,
+            )
+
+        if not self.capture:
+            return fwd()
+        if shape.graph is None:
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                for _ in range(2):  # warm-up outside the graph (allocator, cuBLAS handles)
+                    fwd()
+            torch.cuda.current_stream().wait_stream(s)
+            shape.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(shape.graph, pool=self._pool):
+                shape.out = fwd()
+            self._pool = shape.graph.pool()
+        shape.graph.replay()
+        return shape.out
+
+    def _shape(self, n: int, features: bool) -> _Shape:
+        key = (n, features)
+        if key not in self._shapes:
+            self._shapes[key] = _Shape(n, self.max_len, self.target.device, self.target.dtype)
+        return self._shapes[key]
+
+    # -------------------------------------------------------------- runner API
+    def prefill(self, prompt_ids: list[int], features: bool) -> TargetOutput:
+        n = len(prompt_ids)
+        if n + 1 > self.max_len:
+            raise ValueError(f"prompt of {n} tokens does not fit decoding.max_len={self.max_len}")
+        self.length = 0
+        shape = _Shape(n, self.max_len, self.target.device, self.target.dtype)  # eager, not captured
+        self._fill(shape, prompt_ids, torch.arange(1, n + 1), torch.tril(torch.ones(n, n, dtype=torch.bool)))
+        self.cache.set_slots(shape.slots)
+        out = self.target.forward(
+            shape.ids,
+            cache=self.cache,
+            attention_mask=shape.mask,
+            position_ids=shape.pos,
+            output_features=features,
+        )
+        self.length = n
+        self.cache.length = n
+        return out
+
+    def step(
+        self, root: int, tree: DraftTree | None, features: bool, rows: int | None = None
+    ) -> TargetOutput:
+        """``rows``: the static row count of this step kind (defaults to the actual size)."""
+        if tree is None or tree.size == 0:
+            ids, depths, anc = [root], torch.ones(1, dtype=torch.long), torch.ones(1, 1, dtype=torch.bool)
+        else:
+            full = _full_parents(tree)
+            ids = [root, *tree.tokens.tolist()]
+            depths, anc = node_depths(full), ancestor_matrix(full)
+        n = max(rows or len(ids), len(ids))
+        if self.length + n > self.max_len:
+            raise ValueError(f"decoding.max_len={self.max_len} too small for this generation")
+        shape = self._shape(n, features)
+        self._fill(shape, ids, depths, anc)
+        self._block = n
+        out = self._run(shape, features)
+        k = len(ids)
+        if k == n:
+            return out
+        return TargetOutput(out.logits[:, :k], None if out.features is None else out.features[:, :k], None)
+
+    def keep(self, rows: list[int]) -> None:
+        self.cache.keep(self.length, rows)
+        self.length += len(rows)
+
+
+def make_runner(target, dcfg: DecodingConfig, max_len: int | None = None):
+    """``decoding.capture``: none -> DynamicRunner; cuda_graph -> GraphRunner (captured on CUDA; without CUDA
+    it warns once and falls back to the eager DynamicRunner); static -> GraphRunner run eagerly (tests)."""
+    max_len = max_len or dcfg.max_len
+    if dcfg.capture == "none":
+        return DynamicRunner(target)
+    if dcfg.capture == "cuda_graph" and target.device.type != "cuda":
+        warnings.warn("decoding.capture=cuda_graph needs CUDA; running eagerly", stacklevel=2)
+        return DynamicRunner(target)
+    # Graphs are tied to their buffers: one runner per (target, mode, max_len), reused across generations.
+    runners = target.__dict__.setdefault("_graph_runners", {})
+    key = (dcfg.capture, max_len)
+    if key not in runners:
+        runners[key] = GraphRunner(target, max_len, capture=dcfg.capture == "cuda_graph")
+    return runners[key]
