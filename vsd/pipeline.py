@@ -6,6 +6,7 @@ they return are merged into ``metrics.json``. Artifacts passed between stages go
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import sys
 import time
@@ -90,6 +91,13 @@ def execute(dcfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     cfg = to_config(dcfg)
     run_dir = Path(run_dir or cfg.paths.output_dir or ".")
     job = _job_info()
+    # Under torchrun every rank runs this function: rank 0 owns the records, the tracker and evaluation;
+    # the other ranks keep their own run.json in a sub-folder (analysis ignores folders inside a run).
+    from vsd.train.trainer import init_distributed, local_device
+
+    dist_info = init_distributed(resolve_device(cfg.device))
+    if not dist_info.main:
+        run_dir = run_dir / f"rank{dist_info.rank}"
     # A multirun job takes the CPUs its launcher gave it (cpus_per_task), not every core (vsd/sweep.py).
     threads = set_threads(cfg.threads if cfg.threads is not None else launcher_threads())
     seed = set_seed(cfg.seed)
@@ -99,11 +107,11 @@ def execute(dcfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     tracker: Tracker | None = None
     ok = False
     try:
-        device = resolve_device(cfg.device)
-        record.update(device=device)
+        device = local_device(resolve_device(cfg.device), dist_info)
+        record.update(device=device, world_size=dist_info.world, rank=dist_info.rank)
         group = Path(job["sweep_dir"]).name if job.get("sweep_dir") else None
         tracker = make_tracker(
-            cfg.tracker,
+            cfg.tracker if dist_info.main else dataclasses.replace(cfg.tracker, kind="none"),
             run_dir,
             resolved,
             name=f"{cfg.run_name}-{run_dir.name}",
@@ -114,6 +122,8 @@ def execute(dcfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
         record.update(wandb_run_id=tracker.run_id)
         ctx = RunContext(cfg, run_dir, Path(cfg.paths.cache_dir).expanduser(), device, tracker, record)
         for name in cfg.stages:
+            if name == "eval" and not dist_info.main:
+                continue  # one evaluation per run, on rank 0
             fn = stage_function(name)
             t0 = time.time()
             print(f"[vsd] stage {name} ...", flush=True)

@@ -54,7 +54,8 @@ def init_distributed(device: str) -> DistInfo:
     if world <= 1:
         return DistInfo()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
+        # On GPUs, small CPU tensors (token counts) are reduced too: gloo for CPU, NCCL for CUDA tensors.
+        dist.init_process_group("cpu:gloo,cuda:nccl" if str(device).startswith("cuda") else "gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size())
 
 
