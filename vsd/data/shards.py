@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vsd.errors import UserError
+from vsd.files import sha256_file
 
 
 def content_key(obj: Any, length: int = 16) -> str:
@@ -39,14 +40,6 @@ def target_fingerprint(target: Any) -> str:
         step = max(1, flat.numel() // 4096)
         h.update(flat[::step][:4096].float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while b := fh.read(chunk):
-            h.update(b)
-    return h.hexdigest()
 
 
 def shard_name(i: int) -> str:

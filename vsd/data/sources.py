@@ -28,6 +28,7 @@ from typing import Any
 from vsd.config.schema import DatasetConfig
 from vsd.data.disjoint import EvalOverlapIndex, normalize
 from vsd.errors import UserError
+from vsd.files import package_file as _package_file
 
 Prompt = dict[str, Any]  # {"id": str, "messages": [{"role": "user", "content": str}], "source": str}
 
@@ -74,16 +75,7 @@ def prompt_text(p: Prompt) -> str:
 
 # ============================================================================ ShareGPT
 def package_file(package: str, rel: str) -> Path:
-    """A data file inside an installed package, located without importing it (its deps may be absent)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            f"dataset.source: Python package {package!r} is not installed (`make setup` installs it)"
-        )
-    f = Path(list(spec.submodule_search_locations)[0]) / rel
-    if not f.exists():
-        raise UserError(f"dataset.source: {f} not found in package {package}")
-    return f
+    return _package_file(package, rel, "dataset.source")
 
 
 def iter_json_list(text: str, path: Path) -> Iterator[tuple[int, Any]]:

@@ -16,7 +16,6 @@ import csv
 import functools
 import gzip
 import hashlib
-import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 from vsd.config.schema import EvalConfig
 from vsd.errors import UserError
+from vsd.files import package_file as _package_file
 
 Record = dict[str, Any]
 
@@ -43,16 +43,7 @@ SUITE_CATEGORIES = {
 
 
 def package_file(package: str, relpath: str) -> Path:
-    """A data file inside an installed package, located without importing it (its deps may be absent)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            f"eval: prompt package {package!r} is not installed (see docs/eval.md for the pinned version)"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / relpath
-    if not path.exists():
-        raise UserError(f"eval: {path} not found in package {package!r} (wrong package version?)")
-    return path
+    return _package_file(package, relpath, "eval")
 
 
 # ----------------------------------------------------------------------------------------- packaged sets

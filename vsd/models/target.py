@@ -7,8 +7,6 @@ modeling code: tree attention goes through the model's own 4D-mask / position-id
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -22,6 +20,7 @@ from filelock import FileLock
 
 from vsd.config.schema import ModelConfig
 from vsd.errors import UserError
+from vsd.files import package_file, sha256_file
 from vsd.runtime import resolve_dtype
 
 GGUF_CONVERSION_VERSION = 1  # bump when the conversion below changes: invalidates cached copies
@@ -209,24 +208,7 @@ def gguf_path(mcfg: ModelConfig) -> Path:
         return f
     if not mcfg.gguf_package:
         raise UserError("model.gguf_package: needed to find a relative model.gguf_file")
-    spec = importlib.util.find_spec(mcfg.gguf_package)  # no import: the package's deps may be absent
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            f"model.gguf_package: Python package {mcfg.gguf_package!r} is not installed "
-            "(`make setup` installs it; see requirements-data.txt)"
-        )
-    f = Path(list(spec.submodule_search_locations)[0]) / mcfg.gguf_file
-    if not f.exists():
-        raise UserError(f"model.gguf_file: {f} not found in package {mcfg.gguf_package}")
-    return f
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while b := fh.read(chunk):
-            h.update(b)
-    return h.hexdigest()
+    return package_file(mcfg.gguf_package, mcfg.gguf_file, "model.gguf_package")
 
 
 def ensure_converted_gguf(mcfg: ModelConfig, cache_dir: Path) -> Path:
