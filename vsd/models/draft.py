@@ -48,6 +48,7 @@ class HeadConfig:
     rope_parameters: dict[str, Any] = field(default_factory=lambda: {"rope_type": "default"})
     feature_layers: list[int] = field(default_factory=list)
     target_name: str = ""
+    feature_norm: bool = True  # RMSNorm each of the three feature blocks before the fusion (see fuse)
 
     @classmethod
     def from_target(cls, target, dcfg, draft_vocab_size: int | None = None) -> HeadConfig:
@@ -73,6 +74,7 @@ class HeadConfig:
             rope_parameters=dict(rope),
             feature_layers=list(target.feature_layers),
             target_name=target.name,
+            feature_norm=dcfg.feature_norm,
         )
 
     def rope_config(self):
@@ -253,6 +255,13 @@ class DraftHead(nn.Module):
         if embedding is not None:
             self.embed_tokens.weight.data.copy_(embedding)
         self.embed_tokens.weight.requires_grad_(False)
+        # Mid/late-layer hidden states of small targets carry massive activations (SmolLM2-135M: RMS ~70,
+        # outliers ~25k, vs RMS ~3 at layer 2): unnormalised, they dominate the fusion and its gradients.
+        self.feature_norms = (
+            nn.ModuleList([LlamaRMSNorm(h, eps=hc.rms_norm_eps) for _ in range(3)])
+            if hc.feature_norm
+            else None
+        )
         self.fc = nn.Linear(3 * h, h, bias=False)
         self.layers = nn.ModuleList([DraftLayer(hc, first=i == 0) for i in range(hc.num_layers)])
         self.norm = LlamaRMSNorm(h, eps=hc.rms_norm_eps)
@@ -282,7 +291,10 @@ class DraftHead(nn.Module):
     # ---------------------------------------------------------------- compute
     def fuse(self, features: torch.Tensor) -> torch.Tensor:
         """(B, T, 3H) target features (any float dtype) -> (B, T, H) in the head's dtype."""
-        return self.fc(features.to(self.fc.weight.dtype))
+        x = features.to(self.fc.weight.dtype)
+        if self.feature_norms is not None:
+            x = torch.cat([n(b) for n, b in zip(self.feature_norms, x.chunk(3, dim=-1))], dim=-1)
+        return self.fc(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, T, H) pre-norm hidden -> (B, T, V_d) draft-vocab logits."""
