@@ -102,9 +102,13 @@ class _Shape:
 
     def __init__(self, n: int, max_len: int, device: torch.device, dtype: torch.dtype):
         self.n = n
-        self.ids = torch.zeros(1, n, dtype=torch.long, device=device)
-        self.pos = torch.zeros(1, n, dtype=torch.long, device=device)
-        self.slots = torch.zeros(n, dtype=torch.long, device=device)
+        # ids, positions and slots travel in ONE host->device copy per step (from pinned memory on CUDA):
+        # per-step launch overhead is what a captured step of a small model is left with.
+        pin = torch.device(device).type == "cuda"
+        self.host = torch.zeros(3, n, dtype=torch.long, pin_memory=pin)
+        self.host_block = torch.zeros(n, n, dtype=dtype, pin_memory=pin)
+        self.dev = torch.zeros(3, n, dtype=torch.long, device=device)
+        self.ids, self.pos, self.slots = self.dev[0:1], self.dev[1:2], self.dev[2]
         self.mask = torch.full((1, 1, n, max_len), torch.finfo(dtype).min, dtype=dtype, device=device)
         self.prefix_done = 0  # mask columns [0, prefix_done) are open (committed)
         self.last_end = 0  # end of the block written by the previous step
@@ -131,16 +135,15 @@ class GraphRunner:
     def _fill(self, shape: _Shape, ids: list[int], depths: torch.Tensor, anc: torch.Tensor) -> None:
         """Write one step's inputs into the static buffers (rows beyond len(ids) are padding)."""
         n, k, start = shape.n, len(ids), self.length
-        dev = shape.ids.device
-        ids_t = torch.zeros(n, dtype=torch.long)
-        ids_t[:k] = torch.tensor(ids)
-        pos_t = torch.full((n,), start, dtype=torch.long)
-        pos_t[:k] = start + depths - 1
+        h = shape.host
+        h[0].zero_()
+        h[0, :k] = torch.tensor(ids)
+        h[1].fill_(start)
+        h[1, :k] = start + depths - 1
+        torch.arange(start, start + n, out=h[2])
+        shape.dev.copy_(h, non_blocking=True)
         full_anc = torch.eye(n, dtype=torch.bool)  # padding rows see only themselves
         full_anc[:k, :k] = anc
-        shape.ids.copy_(ids_t[None].to(dev, non_blocking=True))
-        shape.pos.copy_(pos_t[None].to(dev, non_blocking=True))
-        shape.slots.copy_(torch.arange(start, start + n, device=dev))
         # Incremental mask update (a full rewrite of the (n, max_len) mask costs more than the graphed
         # forward of a small model): committed columns only ever grow within one generation.
         if start < shape.prefix_done:  # a new generation
@@ -149,8 +152,8 @@ class GraphRunner:
         shape.mask[..., shape.prefix_done : start] = 0
         if shape.last_end > start + n:
             shape.mask[..., start + n : shape.last_end] = self._neg
-        block = torch.zeros(n, n, dtype=shape.mask.dtype).masked_fill_(~full_anc, self._neg)
-        shape.mask[0, 0, :, start : start + n] = block.to(dev, non_blocking=True)
+        shape.host_block.zero_().masked_fill_(~full_anc, self._neg)
+        shape.mask[0, 0, :, start : start + n].copy_(shape.host_block, non_blocking=True)
         shape.prefix_done, shape.last_end = start, start + n
 
     def _run(self, shape: _Shape, features: bool) -> TargetOutput:
