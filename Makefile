@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint format figures clean-venv
+.PHONY: setup run test test-fast lint format figures clean-venv
 
 setup: $(STAMP)
 
@@ -29,7 +29,12 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# The whole suite, slow tests included (~15 min on 2 idle cores; CI's limit is 90): real target, real Slurm,
+# torchrun, a tiny real sweep through the analysis. `make test-fast` skips the tests marked slow (~2 min).
 test: $(STAMP) lint
+	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
+
+test-fast: $(STAMP) lint
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 figures: $(STAMP)
