@@ -89,7 +89,11 @@ def test_resume_reproduces_uninterrupted_run(setup, tmp_path):
 def test_grad_accumulation_matches_full_batch(setup, tmp_path):
     a = make_trainer(setup, tmp_path / "a", steps=2, grad_accum=1, batch_size=4, ckpt_every=100)
     b = make_trainer(setup, tmp_path / "b", steps=2, grad_accum=2, batch_size=4, ckpt_every=100)
-    ma, mb = a.fit(), b.fit()
-    assert ma["train/loss"] == pytest.approx(mb["train/loss"], rel=1e-5)
+    la, lb = a.train_step(), b.train_step()
+    assert la["loss"] == pytest.approx(lb["loss"], rel=1e-5)
+    # Compare the step's (clipped) gradients, not the parameters after AdamW: Adam's first updates are
+    # ~lr * sign(g), so a float-rounding difference in a near-zero gradient flips a whole lr-sized update.
     for (n, p), (_, q) in zip(a.head.named_parameters(), b.head.named_parameters()):
-        assert torch.allclose(p, q, atol=1e-6), n
+        if p.grad is not None:
+            assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-7), n
+    assert a.train_step()["loss"] == pytest.approx(b.train_step()["loss"], rel=1e-4)
