@@ -80,7 +80,7 @@ def test_loss_matches_hand_computation(setup):
     assert masked_out_vocab > 0 and counted[0] > 0 and counted[1] > 0  # the case exercises both branches
     assert logs["n_valid_0"] == counted[0] and logs["n_valid_1"] == counted[1]
     assert logs["n_resp"] == n_resp
-    assert float(loss) == pytest.approx(total, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(total, rel=1e-5)
     assert logs["loss"] == pytest.approx(total, rel=1e-5)
 
 
