@@ -95,7 +95,7 @@ def test_padding_and_prompt_positions_do_not_matter(setup):
     b2["features"][1, 6:] = torch.randn_like(b2["features"][1, 6:])
     b2["target_hidden"][:, 0] = torch.randn_like(b2["target_hidden"][:, 0])  # predicts x_1: a prompt token
     l_b, _ = loss_fn(head, b2, 0)
-    assert float(l_a) == pytest.approx(float(l_b), rel=1e-6)
+    assert float(l_a.detach()) == pytest.approx(float(l_b.detach()), rel=1e-6)
     b, j = loss_fn.labels(batch)[1].nonzero()[0].tolist()  # a counted label position: must change
     b2["target_hidden"][b, j] *= 0.01  # a much softer label distribution
     l_c, _ = loss_fn(head, b2, 0)
