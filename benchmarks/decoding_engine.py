@@ -164,8 +164,7 @@ ngram {dcfg.ngram_min}..{dcfg.ngram_max}; {len(ids)} MT-Bench turn-1 prompts (ch
 per prompt in one process after warm-up. tau = new tokens / target forwards (prefill counted);
 speedup = tokens/s over AR's tokens/s on the same prompts.
 
-**The CPU is shared with other engineers' jobs (2 cores): absolute timings are noisy; compare rows only
-within this table.** In bf16, "match" can fail where the top-2 logits nearly tie (batched verification and
+**Compare rows only within one table: other jobs on the 2-core machine shift absolute timings.** In bf16, "match" can fail where the top-2 logits nearly tie (batched verification and
 one-token forwards use different kernels; see method.md): HF's prompt lookup is subject to the same effect.
 
 {table}
