@@ -71,3 +71,12 @@ def test_cuda_graph_without_cuda_falls_back(tiny):
     with pytest.warns(UserWarning, match="cuda_graph needs CUDA"):
         r = make_runner(target, _d(cfg, capture="cuda_graph"))
     assert isinstance(r, DynamicRunner)
+
+
+def test_too_small_max_len_is_a_one_line_user_error(tiny):
+    from vsd.errors import UserError
+
+    target, cfg = tiny
+    ids = target.tokenizer(PROMPTS[0])["input_ids"]
+    with pytest.raises(UserError, match="decoding.max_len"):
+        generate_ar(target, ids, _d(cfg, capture="static", max_len=len(ids) + 4, max_new_tokens=16))

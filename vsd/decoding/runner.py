@@ -25,6 +25,7 @@ from vsd.config.schema import DecodingConfig
 from vsd.decoding.drafter import DraftTree
 from vsd.decoding.slot_cache import SlotCache
 from vsd.decoding.tree_attention import ancestor_matrix, node_depths, tree_attention_mask, tree_position_ids
+from vsd.errors import UserError
 from vsd.models.target import TargetOutput
 
 
@@ -194,7 +195,7 @@ class GraphRunner:
     def prefill(self, prompt_ids: list[int], features: bool) -> TargetOutput:
         n = len(prompt_ids)
         if n + 1 > self.max_len:
-            raise ValueError(f"prompt of {n} tokens does not fit decoding.max_len={self.max_len}")
+            raise UserError(f"decoding.max_len: a prompt of {n} tokens does not fit {self.max_len} KV slots")
         self.length = 0
         shape = _Shape(n, self.max_len, self.target.device, self.target.dtype)  # eager, not captured
         self._fill(shape, prompt_ids, torch.arange(1, n + 1), torch.tril(torch.ones(n, n, dtype=torch.bool)))
@@ -222,7 +223,7 @@ class GraphRunner:
             depths, anc = node_depths(full), ancestor_matrix(full)
         n = max(rows or len(ids), len(ids))
         if self.length + n > self.max_len:
-            raise ValueError(f"decoding.max_len={self.max_len} too small for this generation")
+            raise UserError(f"decoding.max_len: {self.max_len} KV slots are too few for this generation")
         shape = self._shape(n, features)
         self._fill(shape, ids, depths, anc)
         self._block = n
