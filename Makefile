@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-fast lint format figures clean-venv
+.PHONY: setup run test test-fast lint format figures results clean-venv
 
 setup: $(STAMP)
 
@@ -39,6 +39,11 @@ test-fast: $(STAMP) lint
 
 figures: $(STAMP)
 	$(PY) -m vsd.analysis.make_figures --runs $(RUNS) --out $(or $(OUT),analysis/figures)
+
+# docs/results.md from the committed records of the paper experiment (docs/records/paper/; sweeps/README.md)
+results: $(STAMP)
+	$(PY) -m vsd.analysis.results --runs docs/records/paper/cpu --page docs/results.md --figures docs/results/cpu
+	$(PY) -m vsd.analysis.results --runs docs/records/paper/gpu --page docs/results.md --figures docs/results/gpu --block gpu
 
 clean-venv:
 	rm -rf $(VENV)

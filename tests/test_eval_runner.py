@@ -41,6 +41,13 @@ def test_cost_model(tiny_target):
     ids = tiny_target.chat_ids([{"role": "user", "content": "hello " * 20}])
     fc = measure_forward_costs(tiny_target, ids, d, repeats=3, warmup=1)
     assert fc["verify_tokens"] == d.total_tokens + 1 and fc["t1_s"] > 0 and fc["c_verify"] > 0
+    # the static-cache runner (what cuda_graph replays) is measured through the same runner and rolled back
+    _, scfg = compose(
+        ["model=tiny_random", "decoding=tree", "decoding.capture=static", "decoding.max_len=256"]
+    )[0]
+    fs = measure_forward_costs(tiny_target, ids, scfg.decoding, repeats=3, warmup=1)
+    assert fs["verify_tokens"] == fc["verify_tokens"] and fs["t1_s"] > 0
+    assert tiny_target._graph_runners[("static", 256)].length == len(ids)
     rows = [{"spec": {"accepted": [1, 2], "draft_s": 0.2}}, {"spec": {"accepted": [0, 0], "draft_s": 0.2}}]
     m = cost_metrics({"t1_s": 0.01, "c_verify": 1.5, "verify_tokens": 33.0}, rows, d, tau=2.0)
     # drafter time per step 0.1 s = 10 t1 = D * c_draft

@@ -55,28 +55,28 @@ def _median_time(fn: Callable[[], None], device, repeats: int) -> float:
 def measure_forward_costs(
     target, prompt_ids: list[int], dcfg: DecodingConfig, repeats: int = 10, warmup: int = 3
 ) -> dict[str, float]:
-    """t1 (1-token append) and t_verify (the engine's verification forward of the configured tree), both
-    on top of a KV cache holding ``prompt_ids``; each timed call is cropped back off the cache.
+    """t1 (1-token append) and t_verify (the verification forward of the configured tree), both on top of a
+    KV cache holding ``prompt_ids``; each timed step is rolled back off the cache (``keep([])``).
 
+    Both go through the decoding runner (``make_runner``), so under ``decoding.capture=cuda_graph`` they are
+    graph replays like the decode loop's steps (an eager t1 would make the bound compare against a slower AR).
     Returns ``{"t1_s", "t_verify_s", "c_verify", "verify_tokens"}`` (verify_tokens = N + 1, root included).
     """
-    from vsd.decoding.engine import verify_forward
+    from vsd.decoding.runner import make_runner
 
     dev = target.device
-    cache = target.new_cache()
-    target.forward(torch.tensor([prompt_ids], device=dev), cache=cache)
-    L = len(prompt_ids)
+    runner = make_runner(target, dcfg)
+    runner.prefill(list(prompt_ids), False)
     tree = representative_tree(dcfg, target.vocab_size)
     root = int(prompt_ids[-1])
-    one = torch.tensor([[root]], device=dev)
 
     def step1() -> None:
-        target.forward(one, cache=cache)
-        cache.crop(-1)
+        runner.step(root, None, False, rows=1)
+        runner.keep([])
 
     def stepn() -> None:
-        verify_forward(target, cache, root, tree, L, False)
-        cache.crop(-(tree.size + 1))
+        runner.step(root, tree, False, rows=tree.size + 1)
+        runner.keep([])
 
     for _ in range(warmup):
         step1()

@@ -1,0 +1,69 @@
+"""vsd.analysis.results (docs/results.md generator) on unit-test fixture records with known τ values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.test_analysis_fixture import write_run
+from vsd.analysis import results
+
+
+def _run(root: Path, name: str, loss: str, seed: int, tau: float, speedup: float, **flags) -> None:
+    d = write_run(root / f"{name}-{seed}-{flags.get('s', 4)}", loss=loss, seed=seed, **flags)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["run_name"] = name
+    (d / "config.json").write_text(json.dumps(cfg))
+    m = json.loads((d / "metrics.json").read_text())
+    m.update({"eval/tau": tau, "eval/speedup": speedup})
+    (d / "metrics.json").write_text(json.dumps(m))
+
+
+@pytest.fixture()
+def records(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    for seed in (0, 1, 2):
+        _run(root, "paper-eagle3", "eagle3", seed, tau=2.0 + 0.01 * seed, speedup=0.5)
+        _run(root, "paper-vsd", "vsd", seed, tau=2.1 + 0.01 * seed, speedup=0.55)
+        _run(root, "paper-vsd-no-arw", "vsd", seed, tau=2.05 + 0.01 * seed, speedup=0.55, arw=False)
+    _run(root, "paper-vsd", "vsd", 0, tau=2.2, speedup=0.6, s=16)  # S sweep point: not in the main rows
+    _run(root, "someone-else", "vsd", 0, tau=9.0, speedup=9.0)  # not a paper row: ignored
+    return root
+
+
+def test_tables_pair_by_seed_and_keep_the_prose(records: Path, tmp_path: Path) -> None:
+    page = tmp_path / "results.md"
+    page.write_text(
+        f"# Results\n\nhand-written intro\n\n{results.BEGIN}\nold\n{results.END}\n\nconclusions\n"
+    )
+    assert (
+        results.main(["--runs", str(records), "--page", str(page), "--figures", str(tmp_path / "fig")]) == 0
+    )
+    text = page.read_text()
+    assert "hand-written intro" in text and "conclusions" in text and "\nold\n" not in text
+    # VSD − EAGLE-3 is exactly +0.100 τ on every seed: CI half-width 0; +10% speedup
+    vsd_row = next(line for line in text.splitlines() if line.startswith("| VSD | 0 | 3 |"))
+    assert "+0.100 ± 0.000" in vsd_row and "+10.0% ± 0.0%" in vsd_row
+    no_arw = next(line for line in text.splitlines() if line.startswith("| VSD −ARW | 0 | 3 |"))
+    assert "-0.050 ± 0.000" in no_arw  # ablation rows are paired against full VSD
+    main_vsd = next(line for line in text.splitlines() if line.startswith("| VSD | 3 |"))
+    assert main_vsd.split(" | ")[2] == "2.11 ± 0.02"  # mean of 2.10, 2.11, 2.12 (S=16 point excluded)
+    assert "| 16 | 2.200 |" in text and "9.0" not in main_vsd
+    # idempotent: a second run rewrites the same block
+    results.main(["--runs", str(records), "--page", str(page), "--figures", str(tmp_path / "fig")])
+    assert page.read_text().count(results.BEGIN) == 1
+
+
+def test_bad_input_is_one_line(records: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert results.main(["--runs", str(tmp_path / "nope")]) == 1
+    assert "folder not found" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert results.main(["--runs", str(empty), "--page", str(tmp_path / "p.md")]) == 1
+    page = tmp_path / "nomarkers.md"
+    page.write_text("# no markers\n")
+    with pytest.raises(SystemExit, match="no <!-- generated:begin -->"):
+        results.main(["--runs", str(records), "--page", str(page), "--figures", str(tmp_path / "fig")])
+    assert page.read_text() == "# no markers\n"
