@@ -67,3 +67,21 @@ def test_bad_input_is_one_line(records: Path, tmp_path: Path, capsys: pytest.Cap
     with pytest.raises(SystemExit, match="no <!-- generated:begin -->"):
         results.main(["--runs", str(records), "--page", str(page), "--figures", str(tmp_path / "fig")])
     assert page.read_text() == "# no markers\n"
+
+
+def test_keep_records_drops_weights(tmp_path: Path) -> None:
+    import subprocess
+
+    src = tmp_path / "multirun" / "0"
+    (src / "draft").mkdir(parents=True)
+    (src / "draft" / "model.safetensors").write_bytes(b"x" * 10)
+    (src / "draft_vocab.safetensors").write_bytes(b"x")
+    (src / "metrics.json").write_text("{}")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "keep_records.sh"
+    dst = tmp_path / "kept"
+    r = subprocess.run([str(script), str(tmp_path / "multirun"), str(dst)], capture_output=True, text=True)
+    assert r.returncode == 0 and "kept 1 run records" in r.stdout
+    assert (dst / "0" / "metrics.json").exists() and not (dst / "0" / "draft").exists()
+    assert not (dst / "0" / "draft_vocab.safetensors").exists()
+    r = subprocess.run([str(script), str(tmp_path / "nope"), str(dst)], capture_output=True, text=True)
+    assert r.returncode == 1 and "no such folder" in r.stderr and (dst / "0" / "metrics.json").exists()
