@@ -7,6 +7,7 @@ Every run directory holds ``.hydra/`` (Hydra), ``run.json`` (identity, provenanc
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import os
 import platform
@@ -52,7 +53,12 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
         fh.write(json.dumps(row, default=_json_default) + "\n")
 
 
+@functools.cache
 def git_info(root: Path = REPO_ROOT) -> dict[str, Any]:
+    """SHA and dirty flag of the code this process runs, read once: a multirun in one process (basic launcher)
+    keeps the modules it imported at its first job, so a commit made while it runs must not relabel later jobs.
+    """
+
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", *args], cwd=root, capture_output=True, text=True, timeout=10
