@@ -73,7 +73,8 @@ def save_figure(fig: Figure, out_dir: str | Path, name: str, close: bool = True)
     paths = [out / f"{name}.pdf", out / f"{name}.png"]
     with style():
         for p in paths:
-            fig.savefig(p)
+            # no creation date: regenerating a figure from the same records gives the same file
+            fig.savefig(p, metadata={"CreationDate": None} if p.suffix == ".pdf" else None)
     if close:
         plt.close(fig)
     return paths
