@@ -4,8 +4,9 @@
 
 Prompts: a user prompt file ({"id", "category"?, "turns": [...]}; turn 1 of each is used), e.g. MT-Bench
 written out by ``python benchmarks/gpu_decode.py --write-mtbench FILE`` on a machine with the package.
-Rows: AR eager, AR graphed, n-gram chain (eager/graphed) and, with ``--draft``, the EAGLE-3 draft in tree mode
-(eager/graphed). Every method decodes the same prompt ids after a warm-up; tokens/s counts new token ids;
+Rows: AR eager, AR graphed, n-gram chain (eager/graphed) and, with ``--draft``, the EAGLE-3 draft in tree mode:
+all eager, target graphed with the draft eager (``eagle3_tree_graph_target``), and both graphed; plus a graphed
+chain. Every method decodes the same prompt ids after a warm-up; tokens/s counts new token ids;
 timers synchronise the device. T=0 output ids are compared with eager AR (bf16: divergences at near-ties
 are expected, see docs/eval.md). Prints a Markdown table and writes JSON next to ``--out``.
 """
@@ -79,6 +80,11 @@ def main() -> None:
         drafter_eagle = load_draft(args.draft, target)
         methods += [
             ("eagle3_tree_eager", "eagle3", dataclasses.replace(base, capture="none")),
+            (
+                "eagle3_tree_graph_target",
+                "eagle3_eager_draft",
+                dataclasses.replace(base, capture="cuda_graph"),
+            ),
             ("eagle3_tree_graph", "eagle3", dataclasses.replace(base, capture="cuda_graph")),
             ("eagle3_chain_graph", "eagle3", dataclasses.replace(chain, capture="cuda_graph")),
         ]
@@ -86,10 +92,28 @@ def main() -> None:
     if args.methods:
         methods = [m for m in methods if m[0] == "ar_eager" or m[0] in args.methods]
 
+    class EagerDraft:
+        """The EAGLE drafter with its head run eagerly while the engine graphs the target."""
+
+        name, needs_features = "eagle3", True
+
+        def reset(self, ids, feats):
+            drafter_eagle.reset(ids, feats)
+
+        def propose(self, root, dcfg, generator):
+            return drafter_eagle.propose(root, dataclasses.replace(dcfg, capture="none"), generator)
+
+        def commit(self, acc, feats):
+            drafter_eagle.commit(acc, feats)
+
     def run(kind, dcfg, ids):
         if kind is None:
             return generate_ar(target, ids, dcfg)
-        drafter = NgramDrafter(target.vocab_size) if kind == "ngram" else drafter_eagle
+        drafter = {
+            "ngram": lambda: NgramDrafter(target.vocab_size),
+            "eagle3": lambda: drafter_eagle,
+            "eagle3_eager_draft": EagerDraft,
+        }[kind]()
         return generate_spec(target, drafter, ids, dcfg)
 
     results: dict[str, dict] = {}
@@ -98,7 +122,7 @@ def main() -> None:
         for ids in prompts[:2]:  # warm-up: allocator, cuBLAS, graph capture
             run(kind, dcfg, ids)
         toks = fwd = 0
-        secs = 0.0
+        secs = draft_s = 0.0
         match = 0
         outs = []
         for i, ids in enumerate(prompts):
@@ -106,6 +130,7 @@ def main() -> None:
             toks += len(r.tokens)
             fwd += r.target_forwards
             secs += r.wall_s
+            draft_s += r.draft_s
             outs.append(r.tokens)
             if name == "ar_eager":
                 ref.append(r.tokens)
@@ -116,6 +141,8 @@ def main() -> None:
             "seconds": round(secs, 4),
             "tokens_per_s": toks / secs,
             "tau": toks / fwd,
+            "ms_per_step": 1000 * secs / max(fwd - len(prompts), 1),  # target forwards after the prefill
+            "draft_ms_per_step": 1000 * draft_s / max(fwd - len(prompts), 1),
             "match_ar_eager": f"{match}/{len(prompts)}",
         }
         print(name, json.dumps(results[name]), flush=True)
@@ -126,12 +153,13 @@ def main() -> None:
         f"device: {device}; torch {torch.__version__}; {len(prompts)} MT-Bench prompts, T=0, "
         f"max_new_tokens={args.max_new}; command: python {' '.join(sys.argv)}",
         "",
-        "| method | tau | tokens/s | vs AR eager | vs AR graphed | T=0 ids = AR eager |",
-        "|---|---|---|---|---|---|",
+        "| method | tau | tokens/s | ms/step | draft ms/step | vs AR eager | vs AR graphed | T=0 ids = AR eager |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         lines.append(
-            f"| {name} | {r['tau']:.2f} | {r['tokens_per_s']:.1f} | {r['tokens_per_s'] / ar_e:.2f}x | "
+            f"| {name} | {r['tau']:.2f} | {r['tokens_per_s']:.1f} | {r['ms_per_step']:.2f} | "
+            f"{r['draft_ms_per_step']:.2f} | {r['tokens_per_s'] / ar_e:.2f}x | "
             f"{r['tokens_per_s'] / ar_g:.2f}x | {r['match_ar_eager']} |"
         )
     table = "\n".join(lines)

@@ -52,8 +52,8 @@ def test_cache_holds_committed_entries_only(setup):
     prompt = [5, 6, 7, 8]
     d.reset(prompt, torch.randn(4, 3 * H))
     tree = d.propose(9, cfg.decoding)
-    assert len(d.kv) == 4 and tree.size == cfg.decoding.total_tokens
+    assert d.runner.length == 4 and len(d.runner.kv) == 4 and tree.size == cfg.decoding.total_tokens
     assert torch.isfinite(tree.tokens.float()).all() and set(tree.tokens.tolist()) <= set(head.d2t.tolist())
     d.commit([9, int(tree.tokens[0])], torch.randn(2, 3 * H))
     d.propose(11, cfg.decoding)
-    assert len(d.kv) == 6  # 4 prompt entries + root 9 + accepted token, tree entries dropped
+    assert len(d.runner.kv) == 6  # 4 prompt entries + root 9 + accepted token, tree entries dropped

@@ -187,7 +187,7 @@ class DraftLayer(nn.Module):
         if isinstance(cache, TTTCache):
             o = _ttt_attention(q, k, v, cache, layer_idx, attn_mask)
         else:
-            if isinstance(cache, KVCache):
+            if cache is not None:  # KVCache, or the static-slot cache of the graph draft runner
                 k, v = cache.append(layer_idx, k, v)
             o = _dense_attention(q, k, v, attn_mask)
         o = o.transpose(1, 2).reshape(b, t, self.nh * self.hd)

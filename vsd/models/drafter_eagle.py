@@ -7,7 +7,8 @@ entries (their outputs give the root's children), then expands tree nodes: a nod
 has hidden output g is the entry [emb(c); g] at position (last committed entry) + depth, attending to every
 committed entry and its own ancestors (:func:`vsd.decoding.tree_attention`-style mask). Tree entries are
 dropped from the cache once the tree is built; the verified ones come back with real target features on
-``commit``.
+``commit``. The head itself runs through a draft runner (:mod:`vsd.models.draft_runner`): eager, or static
+shapes captured as CUDA graphs.
 """
 
 from __future__ import annotations
@@ -16,12 +17,18 @@ import torch
 
 from vsd.config.schema import DecodingConfig
 from vsd.decoding.drafter import DraftTree
-from vsd.decoding.tree import NodePool, build_dynamic_tree
+from vsd.decoding.tree import NodePool, build_dynamic_tree, tree_budget
 from vsd.models.draft import DraftHead
+from vsd.models.draft_runner import EagerDraftRunner, GraphDraftRunner
 
 
 class EagleDrafter:
-    """Implements vsd.decoding.drafter.Drafter with a :class:`DraftHead`."""
+    """Implements vsd.decoding.drafter.Drafter with a :class:`DraftHead`.
+
+    The head runs through a draft runner chosen by ``decoding.capture`` at the first ``propose`` of each
+    generation: eager (``none``, and ``cuda_graph`` without CUDA) or the static-shape runner (``static``:
+    eager; ``cuda_graph`` on CUDA: captured). Runners are kept, so graphs are captured once.
+    """
 
     name = "eagle3"
     needs_features = True
@@ -29,7 +36,8 @@ class EagleDrafter:
     def __init__(self, head: DraftHead):
         self.head = head.eval()
         self.device = head.fc.weight.device
-        self.kv = head.new_kv_cache()
+        self.runner: EagerDraftRunner | GraphDraftRunner | None = None
+        self._runners: dict[tuple, EagerDraftRunner | GraphDraftRunner] = {}
         self.pending_feats: torch.Tensor | None = None  # (P, 3H) features not yet in the cache
         self.pending_next: list[int] = []  # the P-1 tokens that follow pending_feats[:-1]
         self.pool = NodePool()
@@ -38,10 +46,36 @@ class EagleDrafter:
     def vocab_size(self) -> int:
         return self.head.hc.target_vocab_size
 
+    def _runner_for(self, dcfg: DecodingConfig) -> EagerDraftRunner | GraphDraftRunner:
+        static = dcfg.capture == "static" or (dcfg.capture == "cuda_graph" and self.device.type == "cuda")
+        if not static:
+            key: tuple = ("eager",)
+            if key not in self._runners:
+                self._runners[key] = EagerDraftRunner(self.head)
+        else:
+            depth, k, total = tree_budget(dcfg)
+            key = (dcfg.capture, dcfg.max_len, depth, k)
+            if key not in self._runners:
+                pool_max = (
+                    k + (depth - 1) * k * k
+                )  # nodes a tree may create (k children of <= k nodes per depth)
+                self._runners[key] = GraphDraftRunner(
+                    self.head,
+                    dcfg.max_len,
+                    commit_rows=depth + 1,
+                    tree_rows=k,
+                    depth=depth,
+                    store_rows=1 + pool_max,
+                    capture=dcfg.capture == "cuda_graph",
+                )
+        runner = self._runners[key]
+        runner.reset()
+        return runner
+
     def reset(self, prompt_ids: list[int], prompt_features: torch.Tensor | None) -> None:
         if prompt_features is None:
             raise ValueError("EagleDrafter needs target features (drafter.needs_features is True)")
-        self.kv = self.head.new_kv_cache()
+        self.runner = None  # chosen by the first propose, which knows the decoding config
         self.pending_feats = prompt_features
         self.pending_next = list(prompt_ids[1:])
 
@@ -52,58 +86,38 @@ class EagleDrafter:
         self.pending_feats = features
         self.pending_next = list(accepted[1:])
 
-    def _to_target_logp(self, logits: torch.Tensor) -> torch.Tensor:
-        """(M, V_d) draft logits -> (M, V) log-probs over the target vocab (-inf outside the draft vocab)."""
-        lp = torch.log_softmax(logits.float(), dim=-1)
-        out = torch.full((lp.shape[0], self.vocab_size), float("-inf"), device=lp.device)
-        out[:, self.head.d2t] = lp
-        return out.cpu()
-
     @torch.no_grad()
     def propose(self, root: int, dcfg: DecodingConfig, generator: torch.Generator | None = None) -> DraftTree:
-        head, dev = self.head, self.device
         assert self.pending_feats is not None, "propose before reset"
-        start = len(self.kv)
-        n = self.pending_feats.shape[0]
-        ids = torch.tensor([[*self.pending_next, root]], device=dev)
-        pos = torch.arange(start, start + n, device=dev)[None]
-        hid, logits = head.step(head.fuse(self.pending_feats.to(dev)[None]), ids, pos, self.kv)
+        if self.runner is None:
+            self.runner = self._runner_for(dcfg)
+        run, pool = self.runner, self.pool
+        root_logp = run.commit(self.pending_feats, [*self.pending_next, root])
         self.pending_feats, self.pending_next = None, []
-        committed = len(self.kv)  # entries 0..committed-1; the last one predicts the root's children
-        root_hidden, root_logits = hid[0, -1], logits[0, -1:]
-        node_hidden: dict[int, torch.Tensor] = {}
-        slot: dict[int, int] = {}  # pool index -> cache position of its entry
+        committed = run.length  # the last committed entry predicts the root's children
+        slot: dict[int, int] = {}  # pool index -> cache slot of its entry
 
         def expand(idx: torch.Tensor) -> torch.Tensor:
             nodes = idx.tolist()
             if nodes == [-1]:
-                return self._to_target_logp(root_logits)
-            m = len(nodes)
-            par_h = torch.stack(
-                [
-                    root_hidden if self.pool.parents[i] < 0 else node_hidden[self.pool.parents[i]]
-                    for i in nodes
-                ]
-            )
-            toks = torch.tensor([[self.pool.tokens[i] for i in nodes]], device=dev)
-            npos = torch.tensor([[committed - 1 + self.pool.depths[i] for i in nodes]], device=dev)
-            kv_len = len(self.kv)
-            allowed = torch.zeros(m, kv_len + m, dtype=torch.bool, device=dev)
-            allowed[:, :committed] = True
-            for r, i in enumerate(nodes):
-                allowed[r, kv_len + r] = True
-                a = self.pool.parents[i]
+                return root_logp
+            ancestors = []
+            for i in nodes:
+                a, anc = pool.parents[i], []
                 while a >= 0:
-                    allowed[r, slot[a]] = True
-                    a = self.pool.parents[a]
-            dt = par_h.dtype
-            mask = torch.zeros(allowed.shape, dtype=dt, device=dev).masked_fill(~allowed, torch.finfo(dt).min)
-            h_out, lg = head.step(par_h[None], toks, npos, self.kv, attn_mask=mask[None, None])
-            for r, i in enumerate(nodes):
-                node_hidden[i] = h_out[0, r]
-                slot[i] = kv_len + r
-            return self._to_target_logp(lg[0])
+                    anc.append(slot[a])
+                    a = pool.parents[a]
+                ancestors.append(anc)
+            logp, slots = run.expand(
+                parent_rows=[1 + pool.parents[i] for i in nodes],  # hidden row 0 is the root's
+                out_rows=[1 + i for i in nodes],
+                tokens=[pool.tokens[i] for i in nodes],
+                positions=[committed - 1 + pool.depths[i] for i in nodes],
+                ancestors=ancestors,
+            )
+            slot.update(zip(nodes, slots))
+            return logp
 
-        tree = build_dynamic_tree(expand, dcfg, generator, pool=self.pool)
-        self.kv.crop(committed)
+        tree = build_dynamic_tree(expand, dcfg, generator, pool=pool)
+        run.drop_tree()
         return tree

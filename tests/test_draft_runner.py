@@ -1,0 +1,105 @@
+"""The static-shape draft runner (CUDA graphs on a GPU; run eagerly here) drafts the same trees as the eager
+reference runner, and speculative decoding through it stays lossless."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from tests.decoding_helpers import one_thread
+from vsd.config import compose
+from vsd.decoding.engine import generate_ar, generate_spec
+from vsd.models.draft import build_head, vocab_from_counts
+from vsd.models.draft_runner import EagerDraftRunner, GraphDraftRunner
+from vsd.models.drafter_eagle import EagleDrafter
+from vsd.models.target import load_target
+
+
+@pytest.fixture(scope="module")
+def setup():
+    _, cfg = compose(["model=tiny_random", "decoding=tree"])[0]
+    target = load_target(cfg.model, cfg.paths.cache_dir, "cpu", "float32")
+    head = build_head(
+        target, cfg.model.draft, vocab_from_counts(torch.ones(target.vocab_size), 200)["d2t"], seed=0
+    )
+    g = torch.Generator().manual_seed(1)
+    for p in head.parameters():  # peaked draft distributions: distinct top-k, real accepts and rejects
+        if p.dim() >= 2 and p.requires_grad:
+            p.data = 0.3 * torch.randn(p.shape, generator=g)
+    with one_thread():
+        yield cfg, target, head
+
+
+def _d(cfg, **kw):
+    base = dict(temperature=0.0, depth=4, top_k=3, total_tokens=10, max_new_tokens=24, max_len=256)
+    return dataclasses.replace(cfg.decoding, **{**base, **kw})
+
+
+def _trees(target, head, dcfg, steps=4, seed=0):
+    """Drafts a few trees from random features, committing the first node of each: (tokens, parents, dists)."""
+    g = torch.Generator().manual_seed(seed)
+    d = EagleDrafter(head)
+    feats = torch.randn(7, 3 * target.hidden_size, generator=g)
+    d.reset([3, 4, 5, 6, 7, 8, 9], feats)
+    out, root = [], 11
+    for _ in range(steps):
+        tree = d.propose(root, dcfg, torch.Generator().manual_seed(seed))
+        out.append(tree)
+        acc = [root, int(tree.tokens[0])]
+        d.commit(acc, torch.randn(2, 3 * target.hidden_size, generator=g))
+        root = int(tree.tokens[-1])
+    return d, out
+
+
+@pytest.mark.parametrize("mode", ["tree", "chain"])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_static_runner_drafts_the_eager_trees(setup, mode, temperature):
+    cfg, target, head = setup
+    eager, static = (
+        _d(cfg, mode=mode, temperature=temperature),
+        _d(cfg, mode=mode, temperature=temperature, capture="static"),
+    )
+    de, te = _trees(target, head, eager)
+    ds, ts = _trees(target, head, static)
+    assert isinstance(de.runner, EagerDraftRunner) and isinstance(ds.runner, GraphDraftRunner)
+    assert ds.runner.length == de.runner.length == 7 + 3 * 2  # the last commit is still pending
+    for a, b in zip(te, ts):
+        assert a.tokens.tolist() == b.tokens.tolist() and a.parents.tolist() == b.parents.tolist()
+        if temperature > 0:
+            torch.testing.assert_close(a.child_dists, b.child_dists, atol=1e-5, rtol=1e-4)
+    assert te[0].size == (10 if mode == "tree" else 4)
+
+
+def test_static_runner_pads_to_fixed_rows(setup):
+    """Every expansion after the prompt runs at the fixed row counts (the shapes a GPU captures once)."""
+    cfg, target, head = setup
+    d, _ = _trees(target, head, _d(cfg, capture="static"))
+    assert sorted(d.runner._steps) == [("commit", 5), ("tree", 3)]
+
+
+def test_cuda_graph_without_cuda_is_the_eager_runner(setup):
+    cfg, target, head = setup
+    d, _ = _trees(target, head, _d(cfg, capture="cuda_graph"), steps=1)
+    assert isinstance(d.runner, EagerDraftRunner)
+
+
+@pytest.mark.parametrize("mode", ["tree", "chain"])
+def test_spec_through_static_runners_equals_ar(setup, mode):
+    cfg, target, head = setup
+    dcfg = _d(cfg, mode=mode, capture="static")
+    d = EagleDrafter(head)
+    for text in ["abcabcabc", "the cat sat"]:
+        prompt = target.chat_ids([{"role": "user", "content": text}])
+        ar = generate_ar(target, prompt, _d(cfg))
+        sp = generate_spec(target, d, prompt, dcfg)
+        assert sp.tokens == ar.tokens
+
+
+def test_too_few_slots_is_a_user_error(setup):
+    from vsd.errors import UserError
+
+    cfg, target, head = setup
+    with pytest.raises(UserError, match="decoding.max_len"):
+        _trees(target, head, _d(cfg, capture="static", max_len=12), steps=2)

@@ -1,0 +1,245 @@
+"""How the EAGLE drafter runs its head: eagerly on a growing KV cache, or static-shape with captured CUDA graphs.
+
+Both runners expose the same calls, so the drafter's tree logic is one code path whatever the backend:
+
+- ``commit(features, ids)`` appends committed entries (target features ``(n, 3H)`` paired with the tokens that
+  follow them) at the next positions and returns the draft log-probs ``(1, V)`` (target vocab, CPU) after the
+  last one: the root's children. Its hidden output is stored as hidden row 0.
+- ``expand(parent_rows, out_rows, tokens, positions, ancestors)`` runs one tree step over ``m`` nodes: node r
+  takes the hidden stored at ``parent_rows[r]``, token ``tokens[r]``, rotary position ``positions[r]``, and
+  attends to every committed entry, to the cache slots in ``ancestors[r]`` and to itself. Its hidden output is
+  stored at ``out_rows[r]``. Returns ``((m, V) log-probs on CPU, the cache slots the m nodes were written at)``.
+- ``drop_tree()`` forgets every tree entry (the verified ones come back through ``commit``).
+
+:class:`GraphDraftRunner` keeps every shape static: ``max_len`` KV slots, a fixed row count per call kind
+(``depth + 1`` for a commit, ``top_k`` for an expansion; a prompt-length commit runs uncaptured), the attention
+mask built inside the step from a few integers per row, and hidden rows in one preallocated store. On CUDA
+each call kind is captured once and replayed: the eager head step is launch-bound on a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vsd.errors import UserError
+
+
+def target_logp(head, logits: torch.Tensor) -> torch.Tensor:
+    """(M, V_d) draft logits -> (M, V) float log-probs over the target vocab (-inf outside the draft vocab)."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    out = torch.full((lp.shape[0], head.hc.target_vocab_size), float("-inf"), device=lp.device)
+    out[:, head.d2t] = lp
+    return out
+
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(q, k) bool -> (1, 1, q, k) additive mask in ``dtype``."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min
+    )[None, None]
+
+
+class EagerDraftRunner:
+    """The reference path: the head's append-only KVCache, masks over exactly the entries present."""
+
+    def __init__(self, head):
+        self.head = head
+        self.device = head.fc.weight.device
+        self.kv = head.new_kv_cache()
+        self.length = 0  # committed entries
+        self.hidden: dict[int, torch.Tensor] = {}
+
+    def reset(self) -> None:
+        self.kv = self.head.new_kv_cache()
+        self.length = 0
+        self.hidden = {}
+
+    def commit(self, features: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        head, dev, n = self.head, self.device, len(ids)
+        pos = torch.arange(self.length, self.length + n, device=dev)[None]
+        hid, lg = head.step(head.fuse(features.to(dev)[None]), torch.tensor([ids], device=dev), pos, self.kv)
+        self.length += n
+        self.hidden = {0: hid[0, -1]}
+        return target_logp(head, lg[0, -1:]).cpu()
+
+    def expand(
+        self,
+        parent_rows: list[int],
+        out_rows: list[int],
+        tokens: list[int],
+        positions: list[int],
+        ancestors: list[list[int]],
+    ) -> tuple[torch.Tensor, list[int]]:
+        dev, m, kv_len = self.device, len(tokens), len(self.kv)
+        allowed = torch.zeros(
+            m, kv_len + m, dtype=torch.bool
+        )  # built on the host: one copy, not m*d launches
+        allowed[:, : self.length] = True
+        for r, anc in enumerate(ancestors):
+            allowed[r, [kv_len + r, *anc]] = True
+        par = torch.stack([self.hidden[p] for p in parent_rows])[None]
+        mask = _additive(allowed.to(dev), par.dtype)
+        h_out, lg = self.head.step(
+            par, torch.tensor([tokens], device=dev), torch.tensor([positions], device=dev), self.kv, mask
+        )
+        for r, row in enumerate(out_rows):
+            self.hidden[row] = h_out[0, r]
+        return target_logp(self.head, lg[0]).cpu(), list(range(kv_len, kv_len + m))
+
+    def drop_tree(self) -> None:
+        self.kv.crop(self.length)
+
+
+class StaticKVCache:
+    """Per-layer K/V buffers of ``max_len`` slots; each step writes its rows at ``slots`` (set by the runner)
+    and attends over all slots under the caller's mask. No length counter to wind back inside a graph."""
+
+    def __init__(self, num_layers: int, kv_heads: int, head_dim: int, max_len: int, device, dtype):
+        shape = (num_layers, 1, kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.slots = torch.zeros(0, dtype=torch.long, device=device)
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k[layer].index_copy_(2, self.slots, k.to(self.k.dtype))
+        self.v[layer].index_copy_(2, self.slots, v.to(self.v.dtype))
+        return self.k[layer], self.v[layer]
+
+
+# Columns of a step's integer inputs (one host->device copy per call).
+_ID, _POS, _SLOT, _LIMIT, _IN, _OUT, _EXTRA = range(7)
+
+
+class _Step:
+    """Static buffers (and, on CUDA, the captured graph) of one call kind with ``n`` rows."""
+
+    def __init__(self, kind: str, n: int, extra: int, feat_dim: int, device, dtype, pin: bool):
+        self.kind, self.n = kind, n
+        self.host = torch.zeros(n, _EXTRA + extra, dtype=torch.long, pin_memory=pin)
+        self.dev = torch.zeros(n, _EXTRA + extra, dtype=torch.long, device=device)
+        self.features = torch.zeros(1, n, feat_dim, device=device, dtype=dtype) if kind == "commit" else None
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.out: torch.Tensor | None = None
+
+
+class GraphDraftRunner:
+    """Static-shape draft runner (see the module docstring); captured on CUDA when ``capture``, else eager."""
+
+    def __init__(
+        self, head, max_len: int, commit_rows: int, tree_rows: int, depth: int, store_rows: int, capture: bool
+    ):
+        hc = head.hc
+        self.head = head
+        self.device = head.fc.weight.device
+        self.dtype = head.fc.weight.dtype
+        self.capture = capture and self.device.type == "cuda"
+        self.max_len, self.commit_rows, self.tree_rows, self.extra = max_len, commit_rows, tree_rows, depth
+        self.cache = StaticKVCache(
+            hc.num_layers, hc.num_kv_heads, hc.head_dim, max_len, self.device, self.dtype
+        )
+        self.scratch = store_rows  # padding rows write their hidden here
+        self.store = torch.zeros(store_rows + 1, hc.hidden_size, device=self.device, dtype=self.dtype)
+        self.cols = torch.arange(max_len, device=self.device)
+        self.length = 0  # committed entries, at slots [0, length)
+        self.tree_end = 0  # tree entries occupy [length, tree_end)
+        self._steps: dict[tuple[str, int], _Step] = {}
+        self._pool = None
+
+    def reset(self) -> None:
+        self.length = self.tree_end = 0
+
+    # ------------------------------------------------------------------ one step
+    def _core(self, s: _Step) -> torch.Tensor:
+        """The step itself (captured on CUDA): mask from integers, head step, hidden store write, log-probs."""
+        x = s.dev
+        if s.kind == "commit":
+            hidden = self.head.fuse(s.features)
+        else:
+            hidden = self.store.index_select(0, x[:, _IN])[None]
+        extra = x[:, _EXTRA:]
+        allowed = (self.cols[None] < x[:, _LIMIT, None]) | (self.cols[None, None] == extra[:, :, None]).any(1)
+        self.cache.slots = x[:, _SLOT]
+        h_out, lg = self.head.step(
+            hidden, x[None, :, _ID], x[None, :, _POS], self.cache, _additive(allowed, self.dtype)
+        )
+        self.store.index_copy_(0, x[:, _OUT], h_out[0])
+        return target_logp(self.head, lg[0])
+
+    def _run(self, kind: str, rows: list[tuple[int, ...]], features: torch.Tensor | None) -> torch.Tensor:
+        """rows: per real row (id, pos, slot, limit, in_row, out_row, *extra slots); padded to the kind's fixed
+        row count. A longer call (a prompt-length commit) runs once, uncaptured, in buffers of its own."""
+        k = len(rows)
+        fixed = self.commit_rows if kind == "commit" else self.tree_rows
+        n = max(k, fixed)
+        first = rows[0][_SLOT]
+        if first + n > self.max_len:
+            raise UserError(
+                f"decoding.max_len: {self.max_len} KV slots are too few for this generation (draft)"
+            )
+        table = []
+        for r in range(n):
+            if r < k:
+                row = rows[r]
+                extra = list(row[_EXTRA:]) + [row[_SLOT]]  # the row's own slot is always visible
+                table.append([*row[:_EXTRA], *extra, *[row[_SLOT]] * (self.extra - len(extra))])
+            else:  # padding: writes a slot nothing reads yet, sees only itself, hidden to the scratch row
+                table.append([0, 0, first + r, 0, 0, self.scratch, *[first + r] * self.extra])
+        dim = 3 * self.head.hc.hidden_size
+        s = self._steps.get((kind, n)) if n == fixed else None
+        if s is None:
+            s = _Step(kind, n, self.extra, dim, self.device, self.dtype, pin=self.capture)
+            if n == fixed:
+                self._steps[(kind, n)] = s
+        s.host.copy_(torch.tensor(table))
+        s.dev.copy_(
+            s.host, non_blocking=True
+        )  # the caller's .cpu() of the result syncs before the next reuse
+        if features is not None:
+            s.features[0, :k].copy_(features.to(self.dtype))
+        if not (self.capture and n == fixed):
+            return self._core(s)[:k]
+        if s.graph is None:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):  # warm-up outside the graph (allocator, cuBLAS handles)
+                    self._core(s)
+            torch.cuda.current_stream().wait_stream(side)
+            s.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(s.graph, pool=self._pool):
+                s.out = self._core(s)
+            self._pool = s.graph.pool()
+        s.graph.replay()
+        return s.out[:k]
+
+    # ------------------------------------------------------------------ runner API
+    def commit(self, features: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        start, n = self.length, len(ids)
+        rows = [
+            (t, start + r, start + r, start + r + 1, 0, 0 if r == n - 1 else self.scratch)
+            for r, t in enumerate(ids)
+        ]
+        logp = self._run("commit", rows, features)
+        self.length = self.tree_end = start + n
+        return logp[n - 1 :].cpu()
+
+    def expand(
+        self,
+        parent_rows: list[int],
+        out_rows: list[int],
+        tokens: list[int],
+        positions: list[int],
+        ancestors: list[list[int]],
+    ) -> tuple[torch.Tensor, list[int]]:
+        start = self.tree_end
+        slots = list(range(start, start + len(tokens)))
+        rows = [
+            (t, p, sl, self.length, pr, o, *anc)
+            for t, p, sl, pr, o, anc in zip(tokens, positions, slots, parent_rows, out_rows, ancestors)
+        ]
+        logp = self._run("tree", rows, None)
+        self.tree_end = start + len(tokens)
+        return logp.cpu(), slots
+
+    def drop_tree(self) -> None:
+        self.tree_end = self.length
