@@ -69,6 +69,8 @@ def build_dynamic_tree(
 ) -> DraftTree:
     """Draft a tree by calling ``expand(node_idx (M,) long, -1 = root) -> (M, V) log-probs`` of children.
 
+    The log-probs may live on the drafter's device: at T=0 only the top-k of each row crosses to the host.
+
     ``pool`` (optional) receives every created node so ``expand`` can look up tokens/parents; pass the
     drafter's own pool when expand needs it. Returns the kept nodes topologically ordered, siblings in
     sample order, with ``pool_index`` set.
@@ -135,7 +137,7 @@ def _build_sampled(
         parents = [p for p in n_children if len(p) == d and p in where]
         if not parents:
             break
-        logp = expand(torch.tensor([where[p] for p in parents], dtype=torch.long))
+        logp = expand(torch.tensor([where[p] for p in parents], dtype=torch.long)).cpu()
         q = warp(logp, dcfg.temperature, dcfg.target_top_k, dcfg.top_p)
         for row, par in enumerate(parents):
             pidx = where[par]

@@ -3,12 +3,13 @@
 Both runners expose the same calls, so the drafter's tree logic is one code path whatever the backend:
 
 - ``commit(features, ids)`` appends committed entries (target features ``(n, 3H)`` paired with the tokens that
-  follow them) at the next positions and returns the draft log-probs ``(1, V)`` (target vocab, CPU) after the
+  follow them) at the next positions and returns the draft log-probs ``(1, V)`` (target vocab, on the head's
+  device: the tree builder moves only what it needs to the host) after the
   last one: the root's children. Its hidden output is stored as hidden row 0.
 - ``expand(parent_rows, out_rows, tokens, positions, ancestors)`` runs one tree step over ``m`` nodes: node r
   takes the hidden stored at ``parent_rows[r]``, token ``tokens[r]``, rotary position ``positions[r]``, and
   attends to every committed entry, to the cache slots in ``ancestors[r]`` and to itself. Its hidden output is
-  stored at ``out_rows[r]``. Returns ``((m, V) log-probs on CPU, the cache slots the m nodes were written at)``.
+  stored at ``out_rows[r]``. Returns ``((m, V) log-probs, the cache slots the m nodes were written at)``.
 - ``drop_tree()`` forgets every tree entry (the verified ones come back through ``commit``).
 
 :class:`GraphDraftRunner` keeps every shape static: ``max_len`` KV slots, a fixed row count per call kind
@@ -60,7 +61,7 @@ class EagerDraftRunner:
         hid, lg = head.step(head.fuse(features.to(dev)[None]), torch.tensor([ids], device=dev), pos, self.kv)
         self.length += n
         self.hidden = {0: hid[0, -1]}
-        return target_logp(head, lg[0, -1:]).cpu()
+        return target_logp(head, lg[0, -1:])
 
     def expand(
         self,
@@ -84,7 +85,7 @@ class EagerDraftRunner:
         )
         for r, row in enumerate(out_rows):
             self.hidden[row] = h_out[0, r]
-        return target_logp(self.head, lg[0]).cpu(), list(range(kv_len, kv_len + m))
+        return target_logp(self.head, lg[0]), list(range(kv_len, kv_len + m))
 
     def drop_tree(self) -> None:
         self.kv.crop(self.length)
@@ -120,6 +121,7 @@ class _Step:
         self.features = torch.zeros(1, n, feat_dim, device=device, dtype=dtype) if kind == "commit" else None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.out: torch.Tensor | None = None
+        self.copied: torch.cuda.Event | None = None
 
 
 class GraphDraftRunner:
@@ -190,10 +192,13 @@ class GraphDraftRunner:
             s = _Step(kind, n, self.extra, dim, self.device, self.dtype, pin=self.capture)
             if n == fixed:
                 self._steps[(kind, n)] = s
+        if s.copied is not None:  # the previous async copy out of this pinned buffer must be done
+            s.copied.synchronize()
         s.host.copy_(torch.tensor(table))
-        s.dev.copy_(
-            s.host, non_blocking=True
-        )  # the caller's .cpu() of the result syncs before the next reuse
+        s.dev.copy_(s.host, non_blocking=True)
+        if self.capture:
+            s.copied = torch.cuda.Event()
+            s.copied.record()
         if features is not None:
             s.features[0, :k].copy_(features.to(self.dtype))
         if not (self.capture and n == fixed):
@@ -221,7 +226,7 @@ class GraphDraftRunner:
         ]
         logp = self._run("commit", rows, features)
         self.length = self.tree_end = start + n
-        return logp[n - 1 :].cpu()
+        return logp[n - 1 :]
 
     def expand(
         self,
@@ -239,7 +244,7 @@ class GraphDraftRunner:
         ]
         logp = self._run("tree", rows, None)
         self.tree_end = start + len(tokens)
-        return logp.cpu(), slots
+        return logp, slots
 
     def drop_tree(self) -> None:
         self.tree_end = self.length
