@@ -28,15 +28,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--loss", default="eagle3")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--data-on-device", action="store_true", help="train.data_on_device=true")
     args = ap.parse_args()
 
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from vsd.config import compose
+    from vsd.features.dataset import collate
     from vsd.losses import build_loss
     from vsd.models.draft import build_head, vocab_from_counts
     from vsd.models.target import Target
-    from vsd.train.toy_data import collate_items, target_item, token_counts
+    from vsd.train.toy_data import target_item, token_counts
     from vsd.train.trainer import Trainer, init_distributed, local_device
 
     info = init_distributed("cuda")
@@ -55,14 +57,20 @@ def main() -> None:
         items.append(target_item(target, ids, args.seq // 4))
     vocab = vocab_from_counts(token_counts(items, mc.vocab_size), cfg.model.draft.vocab_size)
     head = build_head(target, cfg.model.draft, vocab["d2t"], seed=0).to(device)
-    tcfg = dataclasses.replace(cfg.train, steps=args.steps + 2, batch_size=args.batch, grad_accum=1)
+    tcfg = dataclasses.replace(
+        cfg.train,
+        steps=args.steps + 2,
+        batch_size=args.batch,
+        grad_accum=1,
+        data_on_device=args.data_on_device,
+    )
     tr = Trainer(
         tcfg,
         head,
         build_loss(cfg.loss, target, vocab),
         items,
         None,
-        collate_items,
+        collate,
         seed=0,
         device=device,
         ckpt_dir=None,
@@ -75,9 +83,11 @@ def main() -> None:
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     toks = 0.0
+    losses = []
     for _ in range(args.steps):
         out = tr.train_step()
         toks += out["tokens"]
+        losses.append(round(out["loss"], 5))
     torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     if info.main:
@@ -85,12 +95,14 @@ def main() -> None:
             "world": info.world,
             "gpu": torch.cuda.get_device_name(0),
             "global_batch": args.batch,
+            "data_on_device": args.data_on_device,
             "seq": args.seq,
             "steps": args.steps,
             "seconds": round(dt, 3),
             "tokens_per_s": toks / dt,
             "resp_tokens_per_s": toks * 0.75 / dt,
             "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20,
+            "loss_curve": losses,  # the same across world sizes and data placement, up to float tolerance
         }
         print(json.dumps(res), flush=True)
         if args.out:

@@ -97,3 +97,24 @@ def test_grad_accumulation_matches_full_batch(setup, tmp_path):
         if p.grad is not None:
             assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-7), n
     assert a.train_step()["loss"] == pytest.approx(b.train_step()["loss"], rel=1e-4)
+
+
+def test_items_on_device_collate_stays_on_device():
+    """train.data_on_device: items moved once; collation then builds the batch on that device (no host copy)."""
+    from vsd.features.dataset import collate
+    from vsd.train.trainer import items_on_device
+
+    items = [
+        {
+            "input_ids": torch.arange(n),
+            "loss_mask": torch.ones(n, dtype=torch.bool),
+            "features": torch.randn(n, 6),
+        }
+        for n in (3, 5)
+    ]
+    moved = items_on_device(items, "meta")
+    batch = collate(moved)
+    assert all(v.device.type == "meta" for v in batch.values())
+    assert batch["features"].shape == (2, 5, 6) and batch["attention_mask"].shape == (2, 5)
+    cpu = collate(items)
+    assert cpu["attention_mask"].tolist() == [[True] * 3 + [False] * 2, [True] * 5]

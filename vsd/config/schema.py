@@ -257,6 +257,7 @@ class TrainConfig:
     heldout_every: int = 50
     init_from: str | None = None  # draft checkpoint dir to warm-start from (required by VSD)
     max_seq_len: int = 512
+    data_on_device: bool = False  # copy every item to the device once: no per-step host collation (GPU, DDP)
 
     def __post_init__(self) -> None:
         _positive("train.steps", self.steps)

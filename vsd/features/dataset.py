@@ -120,11 +120,11 @@ def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     B = len(items)
     out: dict[str, torch.Tensor] = {}
     for key, v in items[0].items():
-        buf = torch.zeros((B, T, *v.shape[1:]), dtype=v.dtype)
+        buf = torch.zeros((B, T, *v.shape[1:]), dtype=v.dtype, device=v.device)  # GPU items stay there
         for b, it in enumerate(items):
             buf[b, : len(it[key])] = it[key]
         out[key] = buf
-    out["attention_mask"] = torch.zeros(B, T, dtype=torch.bool)
+    out["attention_mask"] = torch.zeros(B, T, dtype=torch.bool, device=items[0]["input_ids"].device)
     for b, it in enumerate(items):
         out["attention_mask"][b, : len(it["input_ids"])] = True
     return out

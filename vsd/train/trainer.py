@@ -139,6 +139,12 @@ def _save_checkpoint(ckpt_dir: Path, step: int, state: dict, keep: int = 2) -> P
     return final
 
 
+def items_on_device(ds: Sequence, device: str) -> list[dict[str, torch.Tensor]]:
+    """``train.data_on_device``: every item copied to ``device`` once. Per-step host collation and copies
+    otherwise keep a GPU rank waiting on its CPU (what limited DDP scaling, docs/bench_gpu.md)."""
+    return [{k: v.to(device) for k, v in ds[i].items()} for i in range(len(ds))]
+
+
 # ------------------------------------------------------------------------------------- trainer
 class Trainer:
     """Trains ``head`` with ``loss_fn(head, batch, step) -> (scalar, logs)``; see the module docstring."""
@@ -174,6 +180,9 @@ class Trainer:
         self.progress = progress
         if len(train_ds) == 0:
             raise UserError("train: the training set is empty")
+        if tcfg.data_on_device and torch.device(device).type != "cpu":
+            self.train_ds = items_on_device(train_ds, device)
+            self.heldout_ds = items_on_device(heldout_ds, device) if heldout_ds is not None else None
         per_rank, rem = divmod(tcfg.batch_size, self.d.world)
         if rem or per_rank % tcfg.grad_accum:
             raise UserError(
