@@ -28,7 +28,8 @@ def records(tmp_path: Path) -> Path:
         _run(root, "paper-eagle3", "eagle3", seed, tau=2.0 + 0.01 * seed, speedup=0.5)
         _run(root, "paper-vsd", "vsd", seed, tau=2.1 + 0.01 * seed, speedup=0.55)
         _run(root, "paper-vsd-no-arw", "vsd", seed, tau=2.05 + 0.01 * seed, speedup=0.55, arw=False)
-    _run(root, "paper-vsd", "vsd", 0, tau=2.2, speedup=0.6, s=16)  # S sweep point: not in the main rows
+    _run(root, "paper-vsd", "vsd", 0, tau=2.2, speedup=0.6, s=16)  # S sweep points: not in the main rows
+    _run(root, "paper-vsd", "vsd", 1, tau=2.31, speedup=0.6, s=16)
     _run(root, "someone-else", "vsd", 0, tau=9.0, speedup=9.0)  # not a paper row: ignored
     return root
 
@@ -50,7 +51,9 @@ def test_tables_pair_by_seed_and_keep_the_prose(records: Path, tmp_path: Path) -
     assert "-0.050 ± 0.000" in no_arw  # ablation rows are paired against full VSD
     main_vsd = next(line for line in text.splitlines() if line.startswith("| VSD | 3 |"))
     assert main_vsd.split(" | ")[2] == "2.11 ± 0.02"  # mean of 2.10, 2.11, 2.12 (S=16 point excluded)
-    assert "| 16 | 2.200 |" in text and "9.0" not in main_vsd
+    s16 = next(line for line in text.splitlines() if line.startswith("| 16 |"))
+    assert s16.startswith("| 16 | 2 | 2.255 ± ") and "| +0.150 ± " in s16  # Δ vs S=4 paired: +0.10, +0.20
+    assert "9.0" not in main_vsd
     # idempotent: a second run rewrites the same block
     results.main(["--runs", str(records), "--page", str(page), "--figures", str(tmp_path / "fig")])
     assert page.read_text().count(results.BEGIN) == 1

@@ -12,6 +12,7 @@ draft, same data order, same prompts).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from vsd.analysis.plots import (
     plot_tau_vs_samples,
     save_figure,
 )
+from vsd.config import compose
 
 BEGIN, END = "<!-- generated:begin -->", "<!-- generated:end -->"
 
@@ -54,7 +56,12 @@ ROWS = {
 }
 ORDER = list(dict.fromkeys(ROWS.values()))
 CATEGORIES = ("mt_bench", "translation", "qa", "math", "coding")
-MAIN_S = 4  # the S of the main and ablation rows (loss.num_samples in conf/loss/vsd.yaml)
+
+
+@functools.cache
+def main_samples() -> int:
+    """S of the main and ablation rows: ``loss.num_samples`` as ``experiment=paper_vsd`` composes it."""
+    return compose(["experiment=paper_vsd"])[0][1].loss.num_samples
 
 
 def load(runs_dirs: Sequence[str | Path]) -> pd.DataFrame:
@@ -89,7 +96,7 @@ def _fmt(values: pd.Series, digits: int = 2, pct: bool = False, signed: bool = F
 
 
 def _main_rows(df: pd.DataFrame, T: float) -> pd.DataFrame:
-    d = df[(df["T"] == T) & ((df["S"] == MAIN_S) | (df["S"] == 0))]
+    d = df[(df["T"] == T) & ((df["S"] == main_samples()) | (df["S"] == 0))]
     return d
 
 
@@ -159,20 +166,19 @@ def depth_table(df: pd.DataFrame, T: float = 0.0) -> list[str]:
 
 
 def samples_table(df: pd.DataFrame) -> list[str]:
-    d = df[(df["T"] == 0) & (df["row"] == "VSD") & (df["seed"] == 0)].sort_values("S")
-    head = ["S", "τ", "speedup", "train s (40 steps)", "E-step s/step", "held-out sim τ"]
+    """VSD at T=0 per S, over seeds; Δτ vs the main rows' S, paired by seed (seeds that ran both)."""
+    d, s0 = df[(df["T"] == 0) & (df["row"] == "VSD")], main_samples()
+    ref = _col(d[d["S"] == s0], "eval/tau").set_axis(d[d["S"] == s0]["seed"])
+    head = ["S", "seeds", "τ", f"Δτ vs S={s0} (paired)", "speedup", "train s (40 steps)", "E-step s/step"]
+    head.append("held-out sim τ")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for _, r in d.iterrows():
-        cells = [
-            str(r["S"]),
-            f"{r['eval/tau']:.3f}",
-            f"{r['eval/speedup']:.3f}",
-            f"{r.get('train/seconds', float('nan')):.0f}",
-        ]
-        cells += [
-            f"{r.get('train/vsd/estep_s', float('nan')):.2f}",
-            f"{r.get('heldout/sim_tau', float('nan')):.3f}",
-        ]
+    for S, g in d.groupby("S"):
+        tau = _col(g, "eval/tau").set_axis(g["seed"])
+        seeds = tau.index.intersection(ref.index)
+        delta = "–" if S == s0 else _fmt(tau[seeds] - ref[seeds], 3, signed=True)
+        cells = [str(S), str(len(g)), _fmt(tau, 3), delta, _fmt(_col(g, "eval/speedup"), 3)]
+        cells += [_fmt(_col(g, "train/seconds"), 0), _fmt(_col(g, "train/vsd/estep_s"), 2)]
+        cells.append(_fmt(_col(g, "heldout/sim_tau"), 3))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -229,7 +235,7 @@ def render(df: pd.DataFrame, fig_dir: Path, page_dir: Path) -> str:
     out += ["", "### Ablations (T=0, S=4): each row minus full VSD, paired by seed", ""]
     out += paired_table(df, abl + ["EAGLE-3"], "VSD", [0.0])
     out += ["", "### Per-depth acceptance α_k (T=0)", ""] + depth_table(df)
-    out += ["", "### Monte Carlo samples S (VSD, seed 0, T=0)", ""] + samples_table(df)
+    out += ["", "### Monte Carlo samples S (VSD, T=0; mean ± 95% CI over seeds)", ""] + samples_table(df)
     figs = figures(df, fig_dir)
     if figs:
         out += ["", "### Figures", ""]
