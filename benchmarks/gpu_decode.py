@@ -45,6 +45,9 @@ def main() -> None:
     ap.add_argument("--out", default="gpu_decode.json")
     ap.add_argument("--overrides", nargs="*", default=[])
     ap.add_argument("--methods", nargs="*", default=None, help="subset of rows (ar_eager is always run)")
+    ap.add_argument(
+        "--profile", default=None, help="a row name: print its host-side profile (cProfile, tottime)"
+    )
     args = ap.parse_args()
     if args.write_mtbench:
         write_mtbench(args.write_mtbench)
@@ -125,6 +128,12 @@ def main() -> None:
         secs = draft_s = 0.0
         match = 0
         outs = []
+        prof = None
+        if name == args.profile:
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
         for i, ids in enumerate(prompts):
             r = run(kind, dcfg, ids)
             toks += len(r.tokens)
@@ -135,6 +144,11 @@ def main() -> None:
             if name == "ar_eager":
                 ref.append(r.tokens)
             match += int(r.tokens == ref[i])
+        if prof is not None:  # host work is what a graphed step of a small model is left with
+            import pstats
+
+            prof.disable()
+            pstats.Stats(prof).sort_stats("tottime").print_stats(30)
         results[name] = {
             "new_tokens": toks,
             "target_forwards": fwd,

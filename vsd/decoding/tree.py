@@ -49,6 +49,13 @@ class NodePool:
         self.scores.append(score)
         return len(self.tokens) - 1
 
+    def extend(self, tokens: list[int], parents: list[int], scores: list[float]) -> None:
+        """Add nodes in bulk (one tree level): the same as ``add`` for each, in order."""
+        self.tokens.extend(tokens)
+        self.parents.extend(parents)
+        self.depths.extend(1 if p < 0 else self.depths[p] + 1 for p in parents)
+        self.scores.extend(scores)
+
     def clear(self) -> None:
         for lst in (self.tokens, self.parents, self.depths, self.scores):
             lst.clear()
@@ -85,20 +92,23 @@ def build_dynamic_tree(
 def _build_greedy(expand: Expand, dcfg: DecodingConfig, pool: NodePool) -> DraftTree:
     depth, k, total = tree_budget(dcfg)
     frontier = [-1]
+    scores = torch.zeros(0, dtype=torch.float64)  # of every pool node, creation order
     for _ in range(depth):
         logp = expand(torch.tensor(frontier, dtype=torch.long)).float()
-        top = logp.topk(min(k, logp.shape[-1]), dim=-1)
-        vals, ids = top.values.tolist(), top.indices.tolist()
-        new: list[int] = []
-        for row, par in enumerate(frontier):
-            base = 0.0 if par < 0 else pool.scores[par]
-            for v, t in zip(vals[row], ids[row]):
-                new.append(pool.add(t, par, base + v))
+        top = logp.topk(min(k, logp.shape[-1]), dim=-1)  # on the drafter's device: only (m, k) comes back
+        vals, ids = top.values.cpu().double(), top.indices.cpu()
+        base = torch.tensor([0.0 if p < 0 else pool.scores[p] for p in frontier], dtype=torch.float64)
+        cand = (base[:, None] + vals).flatten()  # children of each frontier node, in rank order
+        n0 = len(pool.tokens)
+        pool.extend(
+            ids.flatten().tolist(), [p for p in frontier for _ in range(vals.shape[1])], cand.tolist()
+        )
+        scores = torch.cat([scores, cand])
         # the k best nodes of this depth are expanded next (stable: ties keep creation order)
-        frontier = sorted(new, key=lambda i: -pool.scores[i])[:k]
+        frontier = (n0 + cand.sort(descending=True, stable=True).indices[:k]).tolist()
     # cumulative log-probs never increase along a path and parents are created first, so the stable top
     # `total` is closed under ancestors; creation order is topological with siblings in rank order
-    keep = sorted(sorted(range(len(pool.tokens)), key=lambda i: -pool.scores[i])[:total])
+    keep = scores.sort(descending=True, stable=True).indices[:total].sort().values.tolist()
     return _to_tree(pool, keep, None)
 
 
