@@ -31,3 +31,21 @@ def test_git_info_is_read_once_per_process(tmp_path: Path) -> None:
     _git(tmp_path, "commit", "-qam", "two")
     assert _git(tmp_path, "rev-parse", "HEAD") != first
     assert git_info(tmp_path)["git_sha"] == first
+
+
+def test_code_digest_follows_the_code_not_git(tmp_path: Path) -> None:
+    from vsd.records import code_digest
+
+    (tmp_path / "vsd" / "sub").mkdir(parents=True)
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "vsd" / "sub" / "m.py").write_text("x = 1\n")
+    (tmp_path / "conf" / "c.yaml").write_text("a: 1\n")
+    (tmp_path / "run.py").write_text("print()\n")
+    (tmp_path / "notes.txt").write_text("ignored")
+    first = code_digest(tmp_path)
+    code_digest.cache_clear()
+    (tmp_path / "notes.txt").write_text("changed: not code")
+    assert code_digest(tmp_path) == first
+    code_digest.cache_clear()
+    (tmp_path / "conf" / "c.yaml").write_text("a: 2\n")
+    assert code_digest(tmp_path) != first

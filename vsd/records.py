@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import hashlib
 import json
 import os
 import platform
@@ -72,6 +73,20 @@ def git_info(root: Path = REPO_ROOT) -> dict[str, Any]:
     return {"git_sha": sha, "git_dirty": dirty}
 
 
+@functools.cache
+def code_digest(root: Path = REPO_ROOT) -> str:
+    """sha256 over the code and configs (``vsd/**/*.py``, ``conf/**/*.yaml``, ``run.py``), read once per process.
+    Identifies the code exactly where the git SHA cannot: an uncommitted tree, or a copy whose git metadata lags
+    (a lent GPU machine). Compare with ``python -c "from vsd.records import code_digest; print(code_digest())"``
+    at a checkout."""
+    h = hashlib.sha256()
+    files = sorted([*root.glob("vsd/**/*.py"), *root.glob("conf/**/*.yaml"), root / "run.py"])
+    for f in files:
+        if f.is_file():
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def package_versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for p in PACKAGES:
@@ -119,6 +134,7 @@ class RunRecord:
             "error": None,
             "job": job or {},
             **git_info(),
+            "code_digest": code_digest(),
             "versions": package_versions(),
             "machine": machine_info(),
         }

@@ -184,9 +184,10 @@ def samples_table(df: pd.DataFrame) -> list[str]:
 
 
 def provenance(df: pd.DataFrame) -> list[str]:
-    machines, versions = set(), set()
+    machines, versions, digests = set(), set(), set()
     for d in df["run_dir"]:
         rj = json.loads((Path(d) / "run.json").read_text())
+        digests.add(rj.get("code_digest") or "not recorded")
         m = rj.get("machine", {})
         machines.add(
             f"{m.get('gpu') or 'CPU'} ({m.get('cpu_count')} cores, {rj.get('threads')} threads), {rj.get('device')}"
@@ -197,6 +198,7 @@ def provenance(df: pd.DataFrame) -> list[str]:
     return [
         f"- runs: {len(df)} completed; dates {str(df['start'].min())[:16]} – {str(df['end'].max())[:16]} (UTC)",
         f"- git: {', '.join(shas)}",
+        f"- code digests (vsd.records.code_digest): {', '.join(sorted(digests))}",
         f"- machines: {'; '.join(sorted(machines))}",
         f"- packages: {'; '.join(sorted(versions))}",
     ]
