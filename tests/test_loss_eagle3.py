@@ -99,7 +99,7 @@ def test_padding_and_prompt_positions_do_not_matter(setup):
     b, j = loss_fn.labels(batch)[1].nonzero()[0].tolist()  # a counted label position: must change
     b2["target_hidden"][b, j] *= 0.01  # a much softer label distribution
     l_c, _ = loss_fn(head, b2, 0)
-    assert float(l_c) != pytest.approx(float(l_a), rel=1e-6)
+    assert float(l_c.detach()) != pytest.approx(float(l_a.detach()), rel=1e-6)
 
 
 def test_finalize_logs_sim_tau():
