@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from vsd.config.schema import DecodingConfig
-from vsd.decoding.tree import NodePool, build_dynamic_tree, static_template
+from vsd.decoding.tree import NodePool, build_dynamic_tree, max_pool_nodes, static_template
 from vsd.decoding.tree_attention import node_depths
 
 
@@ -32,6 +32,7 @@ def test_greedy_tree_keeps_best_cumulative_nodes():
     expand, calls = _expand_fixed(pool)
     tree = build_dynamic_tree(expand, d, None, pool)
     assert tree.size == 8 and len(calls) == 3 and all(len(c) <= 3 for c in calls)
+    assert len(pool.tokens) == max_pool_nodes(d) == 3 + 2 * 9  # the bound static draft buffers are sized by
     par = tree.parents.tolist()
     assert all(p < i for i, p in enumerate(par))  # topological
     kept = tree.pool_index.tolist()

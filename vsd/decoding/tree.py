@@ -68,6 +68,12 @@ def tree_budget(dcfg: DecodingConfig) -> tuple[int, int, int]:
     return dcfg.depth, dcfg.top_k, dcfg.total_tokens
 
 
+def max_pool_nodes(dcfg: DecodingConfig) -> int:
+    """Most nodes one tree may create: k children of the root, then k children of <= k nodes per depth."""
+    depth, k, _ = tree_budget(dcfg)
+    return k + (depth - 1) * k * k
+
+
 def build_dynamic_tree(
     expand: Expand,
     dcfg: DecodingConfig,

@@ -17,7 +17,7 @@ import torch
 
 from vsd.config.schema import DecodingConfig
 from vsd.decoding.drafter import DraftTree
-from vsd.decoding.tree import NodePool, build_dynamic_tree, tree_budget
+from vsd.decoding.tree import NodePool, build_dynamic_tree, max_pool_nodes, tree_budget
 from vsd.models.draft import DraftHead
 from vsd.models.draft_runner import EagerDraftRunner, GraphDraftRunner
 
@@ -53,19 +53,16 @@ class EagleDrafter:
             if key not in self._runners:
                 self._runners[key] = EagerDraftRunner(self.head)
         else:
-            depth, k, total = tree_budget(dcfg)
+            depth, k, _ = tree_budget(dcfg)
             key = (dcfg.capture, dcfg.max_len, depth, k)
             if key not in self._runners:
-                pool_max = (
-                    k + (depth - 1) * k * k
-                )  # nodes a tree may create (k children of <= k nodes per depth)
                 self._runners[key] = GraphDraftRunner(
                     self.head,
                     dcfg.max_len,
                     commit_rows=depth + 1,
                     tree_rows=k,
                     depth=depth,
-                    store_rows=1 + pool_max,
+                    store_rows=1 + max_pool_nodes(dcfg),  # row 0: the root's hidden
                     capture=dcfg.capture == "cuda_graph",
                 )
         runner = self._runners[key]
