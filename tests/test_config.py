@@ -1,6 +1,7 @@
 """Every config option composes; bad configs fail at compose time with one line naming the key."""
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,15 @@ def test_sweep_syntax_composes_every_combination():
         (False, True),
         (False, False),
     }
+
+
+def test_sqlite_file_resolver_makes_the_folder(tmp_path: Path) -> None:
+    # Optuna studies stored as SQLite (sweeps/paper_tune_*.yaml): SQLite will not create the folder itself.
+    from omegaconf import OmegaConf
+
+    from vsd.config import register
+
+    register()
+    cfg = OmegaConf.create({"db": "${sqlite_file:" + str(tmp_path / "a" / "b" / "study.db") + "}"})
+    assert cfg.db == f"sqlite:///{tmp_path / 'a' / 'b' / 'study.db'}"
+    assert (tmp_path / "a" / "b").is_dir()

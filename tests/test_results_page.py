@@ -11,10 +11,13 @@ from tests.test_analysis_fixture import write_run
 from vsd.analysis import results
 
 
-def _run(root: Path, name: str, loss: str, seed: int, tau: float, speedup: float, **flags) -> None:
-    d = write_run(root / f"{name}-{seed}-{flags.get('s', 4)}", loss=loss, seed=seed, **flags)
+def _run(
+    root: Path, name: str, loss: str, seed: int, tau: float, speedup: float, split: str = "test", **flags
+) -> None:
+    d = write_run(root / f"{name}-{seed}-{flags.get('s', 4)}-{split}-{tau}", loss=loss, seed=seed, **flags)
     cfg = json.loads((d / "config.json").read_text())
     cfg["run_name"] = name
+    cfg.setdefault("eval", {})["split"] = split
     (d / "config.json").write_text(json.dumps(cfg))
     m = json.loads((d / "metrics.json").read_text())
     m.update({"eval/tau": tau, "eval/speedup": speedup})
@@ -57,6 +60,28 @@ def test_tables_pair_by_seed_and_keep_the_prose(records: Path, tmp_path: Path) -
     # idempotent: a second run rewrites the same block
     results.main(["--runs", str(records), "--page", str(page), "--figures", str(tmp_path / "fig")])
     assert page.read_text().count(results.BEGIN) == 1
+
+
+def test_validation_trials_stay_out_of_the_test_tables(records: Path, tmp_path: Path) -> None:
+    # Search trials share the rows' run names but were evaluated on the val split: listed, never averaged in.
+    _run(records, "paper-vsd", "vsd", 0, tau=1.5, speedup=0.1, split="val")
+    _run(records, "paper-vsd", "vsd", 0, tau=1.7, speedup=0.1, split="val")
+    _run(records, "paper-base", "eagle3", 0, tau=1.6, speedup=0.1, split="val")
+    for seed in (0, 1):
+        _run(records, "paper-eagle3-tuned", "eagle3", seed, tau=2.0, speedup=0.5)
+        _run(records, "paper-vsd-tuned", "vsd", seed, tau=2.0 + 0.02 * (seed + 1), speedup=0.5)
+    page = tmp_path / "results.md"
+    page.write_text(f"{results.BEGIN}\n{results.END}\n")
+    assert results.main(["--runs", str(records), "--page", str(page), "--figures", str(tmp_path / "f")]) == 0
+    lines = page.read_text().splitlines()
+    main_vsd = next(line for line in lines if line.startswith("| VSD | 3 |"))
+    assert main_vsd.split(" | ")[2] == "2.11 ± 0.02"  # the val trials (1.5, 1.7) are not in it
+    assert "| base draft |" not in "\n".join(lines[: lines.index(main_vsd)])  # base ran on val only
+    trials = [line for line in lines if line.startswith("| VSD | runs/paper-vsd-")]
+    assert [t.split(" | ")[-1] for t in trials] == ["1.700 |", "1.500 |"]  # best first
+    assert any("no fine-tune): τ 1.600" in line for line in lines)
+    tuned = next(line for line in lines if line.startswith("| VSD, val-tuned | 0 | 2 |"))
+    assert "+0.030 ± " in tuned  # paired: +0.02, +0.04
 
 
 def test_bad_input_is_one_line(records: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

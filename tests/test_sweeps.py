@@ -56,7 +56,13 @@ def test_sweep_file_composes_every_combination(path: Path) -> None:
     if cfg["hydra"]["sweeper"].get("n_trials"):  # interval ranges: all lower ends, then all upper ends
         parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
         combos = [
-            compose(base + [f"{o.get_key_element()}={getattr(o.value(), end)}" for o in parsed])[0]
+            compose(
+                base
+                + [
+                    f"{o.get_key_element()}={getattr(o.value(), end) if o.is_interval_sweep() else o.value()}"
+                    for o in parsed
+                ]
+            )[0]
             for end in ("start", "end")
         ]
     else:

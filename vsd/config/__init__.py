@@ -12,14 +12,37 @@ from omegaconf.errors import OmegaConfBaseException
 
 from vsd.config.schema import STAGES, Config, ConfigError
 
-__all__ = ["CONF_DIR", "STAGES", "Config", "ConfigError", "compose", "format_error", "register", "to_config"]
+__all__ = [
+    "CONF_DIR",
+    "STAGES",
+    "Config",
+    "ConfigError",
+    "compose",
+    "format_error",
+    "register",
+    "sqlite_file",
+    "to_config",
+]
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def register() -> None:
-    """Register the root schema; conf/config.yaml lists ``base_config`` first in its defaults."""
+    """Register the root schema (conf/config.yaml lists ``base_config`` first) and the config resolvers."""
     ConfigStore.instance().store(name="base_config", node=Config)
+    if not OmegaConf.has_resolver("sqlite_file"):
+        OmegaConf.register_new_resolver("sqlite_file", sqlite_file)
+
+
+def sqlite_file(path: str) -> str:
+    """``${sqlite_file:multirun/x/study.db}`` -> a SQLAlchemy URL, creating the parent folder.
+
+    An Optuna study stored there survives an interrupted search and lets it run in parts: SQLite creates the
+    file but not its folder, and the sweeper opens the study before the launcher creates the sweep dir.
+    """
+    p = Path(path).expanduser().resolve()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{p}"
 
 
 def to_config(cfg: DictConfig) -> Config:
