@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -84,6 +86,32 @@ def test_resume_reproduces_uninterrupted_run(setup, tmp_path):
     # the log rows (restored from the checkpoint, then continued) match the straight run's
     strip = lambda r: {k: v for k, v in r.items() if "tokens_per_s" not in k}  # noqa: E731
     assert [strip(r) for r in straight.log_rows] == [strip(r) for r in resumed.log_rows]
+
+
+def test_a_stop_signal_saves_a_checkpoint_and_resume_matches(setup, tmp_path):
+    # `timeout -s INT`, Ctrl-C or Slurm's SIGTERM mid-run: the step finishes, a checkpoint is written at that
+    # step (not only at ckpt_every), KeyboardInterrupt propagates; rerunning reproduces the straight run.
+    kw = dict(steps=6, ckpt_every=100, log_every=1, heldout_every=3, lr=3e-3)
+    straight = make_trainer(setup, tmp_path / "a", **kw)
+    straight.fit()
+    first = make_trainer(setup, tmp_path / "b", **kw)
+    step = first.train_step
+
+    def step_then_signal():
+        out = step()
+        if first.step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    first.train_step = step_then_signal
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    assert first.step == 4 and (tmp_path / "b" / "ckpt" / "step_00000004").exists()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is removed again
+    resumed = make_trainer(setup, tmp_path / "b", **kw)
+    resumed.fit()
+    for (n, p), (_, q) in zip(straight.head.state_dict().items(), resumed.head.state_dict().items()):
+        assert torch.equal(p, q), n
 
 
 def test_grad_accumulation_matches_full_batch(setup, tmp_path):

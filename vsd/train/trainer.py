@@ -15,12 +15,16 @@ before clipping. No DDP wrapper: the losses call ``head.step``/``head.fuse`` rat
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import shutil
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -342,7 +346,15 @@ class Trainer:
     def fit(self, stop_at: int | None = None) -> dict[str, float]:
         """Resume if a checkpoint exists, train to ``train.steps``, return the final metrics.
 
-        ``stop_at``: return after that global step, as if killed there (tests of resume)."""
+        ``stop_at``: return after that global step, as if killed there (tests of resume).
+        SIGINT/SIGTERM (Ctrl-C, ``timeout``, Slurm's time limit) finish the current step, save a checkpoint
+        and raise KeyboardInterrupt, so the same command resumes with nothing lost (a second signal stops at
+        once). Single-process only: DDP ranks could stop at different steps, so they rely on ckpt_every.
+        """
+        with _graceful_stop(self.d.world == 1 and self.ckpt_dir is not None) as stop:
+            return self._fit(stop_at, stop)
+
+    def _fit(self, stop_at: int | None, stop: _StopFlag) -> dict[str, float]:
         if self.ckpt_dir is not None:
             found = latest_checkpoint(self.ckpt_dir)
             if found is not None:
@@ -383,6 +395,13 @@ class Trainer:
                 self._emit(row)
             if self.step % self.t.ckpt_every == 0 or self.step == self.t.steps:
                 self.save_checkpoint()
+            elif stop.requested:
+                self.save_checkpoint()
+            if stop.requested:
+                if bar is not None:
+                    bar.close()
+                print(f"[vsd] stopped at step {self.step}/{self.t.steps}; checkpoint saved", flush=True)
+                raise KeyboardInterrupt
         if bar is not None:
             bar.close()
         metrics = {k: v for k, v in self.last.items() if k != "step" and not k.startswith("heldout/")}
@@ -391,6 +410,39 @@ class Trainer:
             metrics["train/tokens_per_s"] = tok_all / t_all
         metrics["train/steps"] = float(self.step)
         return metrics
+
+
+class _StopFlag:
+    requested = False
+
+
+@contextlib.contextmanager
+def _graceful_stop(enabled: bool) -> Iterator[_StopFlag]:
+    """While active, the first SIGINT/SIGTERM only sets ``requested``; the second one acts as usual."""
+    flag = _StopFlag()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag.requested:  # second signal: restore and re-deliver
+            for s_, h in old.items():
+                if h is not None:
+                    signal.signal(s_, h)
+            signal.raise_signal(signum)
+            return
+        flag.requested = True
+        print("[vsd] stop requested: finishing this step and saving a checkpoint", file=sys.stderr, flush=True)
+
+    for sig in old:
+        signal.signal(sig, handler)
+    try:
+        yield flag
+    finally:
+        for sig, h in old.items():
+            if h is not None:
+                signal.signal(sig, h)
 
 
 __all__ = ["DistInfo", "Trainer", "batch_indices", "init_distributed", "latest_checkpoint", "lr_lambda"]
