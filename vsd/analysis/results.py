@@ -55,8 +55,15 @@ ROWS = {
     "paper-vsd-all-off": "VSD −ARW −CAR −filter",
     "paper-eagle3-tuned": "EAGLE-3, val-tuned",
     "paper-vsd-tuned": "VSD, val-tuned",
+    "paper-base-1epoch": "base draft, 1 epoch",
+    "paper-eagle3-1epoch": "EAGLE-3, 1-epoch base",
+    "paper-vsd-1epoch": "VSD, 1-epoch base",
 }
-TUNED = ("VSD, val-tuned", "EAGLE-3, val-tuned")
+# Further VSD-vs-EAGLE-3 comparisons (T=0, paired by seed), each under its own heading when its runs exist.
+PAIRS = [
+    ("VSD, val-tuned", "EAGLE-3, val-tuned", "Part D: each arm with its validation search's pick"),
+    ("VSD, 1-epoch base", "EAGLE-3, 1-epoch base", "Part E: 200 fine-tune steps from a one-epoch base"),
+]
 # Keys each arm's validation search varied (sweeps/paper_tune_{eagle3,vsd}.yaml), in table order.
 SEARCH_KEYS = {
     "EAGLE-3": ["train.lr", "loss.step_decay"],
@@ -92,7 +99,7 @@ def load(runs_dirs: Sequence[str | Path], split: str = "test") -> pd.DataFrame:
     df["row"] = df["run_name"].map(ROWS)
     df["T"] = df["decoding.temperature"].astype(float)
     df["S"] = [
-        0 if r in ("base draft",) or r.startswith("EAGLE-3") else int(s)
+        0 if r.startswith(("base draft", "EAGLE-3")) else int(s)
         for s, r in zip(df["loss.num_samples"], df["row"])
     ]
     return df
@@ -273,9 +280,10 @@ def render(df: pd.DataFrame, fig_dir: Path, page_dir: Path, val: pd.DataFrame | 
         )
     out += ["", "### Each row minus EAGLE-3, paired by seed", ""]
     out += paired_table(df, ["VSD", "base draft"], "EAGLE-3", temps)
-    if TUNED[0] in set(df["row"]):
-        out += ["", "### Val-tuned rows: VSD minus EAGLE-3, each with its validation search's pick", ""]
-        out += paired_table(df, [TUNED[0]], TUNED[1], [0.0])
+    for row, ref, title in PAIRS:
+        if row in set(df["row"]) and ref in set(df["row"]):
+            out += ["", f"### {title} (VSD minus EAGLE-3, paired by seed)", ""]
+            out += paired_table(df, [row], ref, [0.0])
     if val is not None and len(val):
         out += ["", "### Validation search (val prompts, seed 0, T=0; every trial, best first)", ""]
         out += search_table(val)

@@ -433,7 +433,9 @@ def _graceful_stop(enabled: bool) -> Iterator[_StopFlag]:
             signal.raise_signal(signum)
             return
         flag.requested = True
-        print("[vsd] stop requested: finishing this step and saving a checkpoint", file=sys.stderr, flush=True)
+        print(
+            "[vsd] stop requested: finishing this step and saving a checkpoint", file=sys.stderr, flush=True
+        )
 
     for sig in old:
         signal.signal(sig, handler)
