@@ -61,3 +61,27 @@ def test_local_launcher_gives_each_job_one_thread(tmp_path: Path) -> None:
         run = read_json(tmp_path / "sw" / n / "run.json")
         assert run["status"] == "completed" and run["threads"] == 1
     assert read_json(tmp_path / "sw" / SUMMARY_FILE)["counts"] == {"completed": 2}
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Deprecated API features detected")  # optuna 2.10 on SQLAlchemy 1.4
+def test_optuna_study_in_sqlite_grows_across_calls(tmp_path: Path) -> None:
+    # The paper's searches (sweeps/paper_tune_*.yaml) keep their study in SQLite, so a second call adds trials
+    # to the first call's study instead of starting over (and an interrupted search resumes).
+    import optuna
+
+    db = tmp_path / "study" / "study.db"  # the folder does not exist: the resolver creates it
+    common = [
+        "+sweep=paper_tune_eagle3",
+        "hydra.sweeper.params.experiment=smoke",
+        "hydra.sweeper.n_trials=1",
+        f"hydra.sweeper.storage=${{sqlite_file:{db}}}",
+        *FAST_JOB[1:],
+    ]
+    for call in (1, 2):
+        proc, _ = run_sweep(tmp_path / f"part{call}", [*common, f"hydra.sweeper.sampler.seed={call}"])
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    study = optuna.load_study(study_name="paper_tune_eagle3", storage=f"sqlite:///{db}")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 2 and all(t.value >= 1.0 for t in done)  # eval/tau of each call's trial
+    assert done[0].params != done[1].params
