@@ -110,6 +110,14 @@ def _col(df: pd.DataFrame, name: str) -> pd.Series:
     return df[name] if name in df else pd.Series(float("nan"), index=df.index)
 
 
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _header(head: Sequence[str]) -> list[str]:
+    return [_row(head), "|" + "---|" * len(head)]
+
+
 def _fmt(values: pd.Series, digits: int = 2, pct: bool = False, signed: bool = False) -> str:
     mean, half, _, n = mean_ci(pd.to_numeric(values, errors="coerce"))
     if n == 0:
@@ -130,7 +138,7 @@ def main_table(df: pd.DataFrame, T: float) -> list[str]:
     d = _main_rows(df, T)
     cats = [c for c in CATEGORIES if f"eval/{c}/tau" in d]
     head = ["row", "seeds", "τ (all)", *[f"τ {c}" for c in cats], "speedup", "bound", "tokens/s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = _header(head)
     for row in ORDER:
         g = d[d["row"] == row]
         if not len(g):
@@ -141,7 +149,7 @@ def main_table(df: pd.DataFrame, T: float) -> list[str]:
             _fmt(_col(g, "eval/speedup_bound")),
             _fmt(_col(g, "eval/tokens_per_s"), 1),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(_row(cells))
     return lines
 
 
@@ -161,7 +169,7 @@ def paired_table(df: pd.DataFrame, rows: Sequence[str], ref: str, temps: Sequenc
         + [f"Δ{n} vs {ref}" for _, n in metrics]
         + [f"Δ{n} %" for _, n in metrics]
     )
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = _header(head)
     for T in temps:
         for row in rows:
             diffs = [_paired(df, row, ref, T, m) for m, _ in metrics]
@@ -172,7 +180,7 @@ def paired_table(df: pd.DataFrame, rows: Sequence[str], ref: str, temps: Sequenc
             cells += [_fmt(dd, 3, signed=True) for dd, _ in diffs] + [
                 _fmt(rr, 1, pct=True) for _, rr in diffs
             ]
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append(_row(cells))
     return lines
 
 
@@ -182,12 +190,12 @@ def depth_table(df: pd.DataFrame, T: float = 0.0) -> list[str]:
         int(c.split("_")[-1]) for c in d.columns if c.startswith("eval/alpha_") and d[c].notna().any()
     )
     head = ["row", "seeds", *[f"α{k}" for k in depths], "accepted/step"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = _header(head)
     for row in ORDER:
         g = d[d["row"] == row]
         if len(g):
             cells = [row, str(len(g)), *[_fmt(_col(g, f"eval/alpha_{k}")) for k in depths]]
-            lines.append("| " + " | ".join(cells + [_fmt(_col(g, "eval/accepted_per_step"))]) + " |")
+            lines.append(_row(cells + [_fmt(_col(g, "eval/accepted_per_step"))]))
     return lines
 
 
@@ -197,7 +205,7 @@ def samples_table(df: pd.DataFrame) -> list[str]:
     ref = _col(d[d["S"] == s0], "eval/tau").set_axis(d[d["S"] == s0]["seed"])
     head = ["S", "seeds", "τ", f"Δτ vs S={s0} (paired)", "speedup", "train s (40 steps)", "E-step s/step"]
     head.append("held-out sim τ")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = _header(head)
     for S, g in d.groupby("S"):
         tau = _col(g, "eval/tau").set_axis(g["seed"])
         seeds = tau.index.intersection(ref.index)
@@ -205,7 +213,7 @@ def samples_table(df: pd.DataFrame) -> list[str]:
         cells = [str(S), str(len(g)), _fmt(tau, 3), delta, _fmt(_col(g, "eval/speedup"), 3)]
         cells += [_fmt(_col(g, "train/seconds"), 0), _fmt(_col(g, "train/vsd/estep_s"), 2)]
         cells.append(_fmt(_col(g, "heldout/sim_tau"), 3))
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(_row(cells))
     return lines
 
 
@@ -221,11 +229,11 @@ def search_table(val: pd.DataFrame) -> list[str]:
         if not len(g):
             continue
         head = ["arm", "trial run", *keys, "val τ"]
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += _header(head)
         for _, r in g.iterrows():
             cells = [arm, Path(r["run_dir"]).parent.name + "/" + Path(r["run_dir"]).name]
             cells += [f"{float(r[k]):.3g}" for k in keys] + [f"{r['eval/tau']:.3f}"]
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append(_row(cells))
         lines.append("")
     return lines[:-1] if lines and not lines[-1] else lines
 

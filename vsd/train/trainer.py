@@ -393,9 +393,7 @@ class Trainer:
                     row.update(self.heldout)
                     t_win = time.perf_counter()  # held-out time is not training throughput
                 self._emit(row)
-            if self.step % self.t.ckpt_every == 0 or self.step == self.t.steps:
-                self.save_checkpoint()
-            elif stop.requested:
+            if self.step % self.t.ckpt_every == 0 or self.step == self.t.steps or stop.requested:
                 self.save_checkpoint()
             if stop.requested:
                 if bar is not None:
