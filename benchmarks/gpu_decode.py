@@ -6,7 +6,7 @@ Prompts: a user prompt file ({"id", "category"?, "turns": [...]}; turn 1 of each
 written out by ``python benchmarks/gpu_decode.py --write-mtbench FILE`` on a machine with the package.
 Rows: AR eager, AR graphed, n-gram chain (eager/graphed) and, with ``--draft``, the EAGLE-3 draft in tree mode:
 all eager, target graphed with the draft eager (``eagle3_tree_graph_target``), and both graphed; plus a graphed
-chain. Every method decodes the same prompt ids after a warm-up; tokens/s counts new token ids;
+chain, larger graphed trees (``--trees``) and every graphed row with the draft head in bf16 (``--bf16-draft``). Every method decodes the same prompt ids after a warm-up; tokens/s counts new token ids;
 timers synchronise the device. T=0 output ids are compared with eager AR (bf16: divergences at near-ties
 are expected, see docs/eval.md). Prints a Markdown table and writes JSON next to ``--out``.
 """
@@ -45,6 +45,17 @@ def main() -> None:
     ap.add_argument("--out", default="gpu_decode.json")
     ap.add_argument("--overrides", nargs="*", default=[])
     ap.add_argument("--methods", nargs="*", default=None, help="subset of rows (ar_eager is always run)")
+    ap.add_argument(
+        "--trees",
+        nargs="*",
+        default=[],
+        help="extra graphed EAGLE-3 tree rows, each DEPTH,TOP_K,TOTAL_TOKENS (e.g. 6,10,60)",
+    )
+    ap.add_argument(
+        "--bf16-draft",
+        action="store_true",
+        help="beside every graphed EAGLE-3 row, the same row with decoding.draft_dtype=bfloat16 (suffix _bf16)",
+    )
     ap.add_argument(
         "--profile", default=None, help="a row name: print its host-side profile (cProfile, tottime)"
     )
@@ -91,6 +102,16 @@ def main() -> None:
             ("eagle3_tree_graph", "eagle3", dataclasses.replace(base, capture="cuda_graph")),
             ("eagle3_chain_graph", "eagle3", dataclasses.replace(chain, capture="cuda_graph")),
         ]
+        for spec in args.trees:
+            d, k, n = (int(v) for v in spec.split(","))
+            tree = dataclasses.replace(base, capture="cuda_graph", depth=d, top_k=k, total_tokens=n)
+            methods.append((f"eagle3_tree_graph_d{d}k{k}n{n}", "eagle3", tree))
+        if args.bf16_draft:
+            methods += [
+                (f"{name}_bf16", kind, dataclasses.replace(dcfg, draft_dtype="bfloat16"))
+                for name, kind, dcfg in methods
+                if kind == "eagle3" and dcfg.capture == "cuda_graph"
+            ]
 
     if args.methods:
         methods = [m for m in methods if m[0] == "ar_eager" or m[0] in args.methods]

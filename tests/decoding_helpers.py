@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import torch
 
 from vsd.decoding.tree import NodePool, build_dynamic_tree
+from vsd.decoding.tree_attention import node_depths
 
 
 @contextmanager
@@ -28,8 +29,9 @@ class OracleDrafter:
     name = "oracle"
     needs_features = False
 
-    def __init__(self, target, noise: float, seed: int = 0):
+    def __init__(self, target, noise: float, seed: int = 0, device_tree: bool = False):
         self.target, self.noise = target, noise
+        self.device_tree = device_tree  # also give node depths, as a graphed drafter's device tree does
         self.gen = torch.Generator().manual_seed(seed)
         self.pool = NodePool()
         self.hist: list[int] = []
@@ -56,7 +58,10 @@ class OracleDrafter:
             logits = logits + self.noise * torch.randn(logits.shape, generator=self.gen)
             return torch.log_softmax(logits, -1)
 
-        return build_dynamic_tree(expand, dcfg, generator, self.pool)
+        tree = build_dynamic_tree(expand, dcfg, generator, self.pool)
+        if self.device_tree:
+            tree.depths, tree.depth_bound = node_depths(tree.parents), dcfg.depth
+        return tree
 
 
 class TableDrafter:

@@ -12,6 +12,7 @@ from tests.decoding_helpers import OracleDrafter, one_thread
 from vsd.config import compose
 from vsd.decoding.engine import generate_ar, generate_spec
 from vsd.decoding.runner import DynamicRunner, GraphRunner, make_runner
+from vsd.decoding.tree_attention import node_depths
 from vsd.models.target import load_target
 
 PROMPTS = ["the cat sat on the mat. the cat sat on the", "def f(x):\n    return x"]
@@ -47,6 +48,9 @@ def test_static_runner_equals_dynamic(tiny, mode):
         sp_s = generate_spec(target, OracleDrafter(target, 0.6, seed=i), ids, sta)
         assert sp_s.tokens == sp_d.tokens == ar_d.tokens
         assert sp_s.accepted == sp_d.accepted and max(sp_s.accepted) >= 1
+        # trees that carry their depths: the runner builds the step's inputs with tensor ops instead
+        sp_t = generate_spec(target, OracleDrafter(target, 0.6, seed=i, device_tree=True), ids, sta)
+        assert sp_t.tokens == sp_d.tokens and sp_t.accepted == sp_d.accepted
 
 
 def test_static_step_logits_match_dynamic(tiny):
@@ -62,6 +66,13 @@ def test_static_step_logits_match_dynamic(tiny):
     x, y = dyn.step(root, t, True), sta.step(root, t, True, rows=t.size + 4)  # padded rows are ignored
     torch.testing.assert_close(x.logits, y.logits, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(x.features, y.features, atol=1e-4, rtol=1e-4)
+    # the same tree with its depths: inputs built by tensor ops give the same step, mask and positions
+    shape = sta._shapes[(t.size + 4, True)]
+    host_mask, host_in = shape.mask.clone(), shape.dev.clone()
+    t.depths, t.depth_bound = node_depths(t.parents), 4
+    z = sta.step(root, t, True, rows=t.size + 4)
+    assert torch.equal(shape.mask, host_mask) and torch.equal(shape.dev, host_in)
+    torch.testing.assert_close(z.logits, y.logits, atol=0, rtol=0)
 
 
 def test_cuda_graph_without_cuda_falls_back(tiny):

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from vsd.config.schema import DecodingConfig
-from vsd.decoding.tree import NodePool, build_dynamic_tree, max_pool_nodes, static_template
-from vsd.decoding.tree_attention import node_depths
+from vsd.decoding.tree import (
+    NodePool,
+    build_dynamic_tree,
+    grow_greedy,
+    max_pool_nodes,
+    static_template,
+    tree_budget,
+)
+from vsd.decoding.tree_attention import ancestor_matrix, ancestors_by_hops, node_depths
 
 
 def _expand_fixed(pool: NodePool, V: int = 7):
@@ -69,3 +77,43 @@ def test_sampled_tree_shape_depends_on_ranks_only():
             ch.setdefault(p, []).append(int(tree.tokens[i]))
         assert all(len(set(v)) == len(v) for v in ch.values())  # siblings drawn without replacement
     assert len(shapes) == 1  # different samples, same shape (full support here)
+
+
+def _toy_logp(depth: int, token: int, V: int = 7) -> torch.Tensor:
+    g = torch.Generator().manual_seed(100 * depth + token)
+    return torch.log_softmax(2 * torch.randn(V, generator=g), -1)
+
+
+@pytest.mark.parametrize(
+    "mode,depth,k,total", [("tree", 3, 3, 8), ("tree", 4, 2, 9), ("tree", 5, 4, 30), ("chain", 4, 8, 32)]
+)
+def test_tensor_builder_grows_the_host_builders_tree(mode, depth, k, total):
+    """grow_greedy (tensor ops, capturable) keeps exactly the nodes build_dynamic_tree keeps, in its order."""
+    d = DecodingConfig(mode=mode, depth=depth, top_k=k, total_tokens=total)
+    pool = NodePool()
+    expand, calls = _expand_fixed(pool)
+    ref = build_dynamic_tree(expand, d, None, pool)
+
+    seen = []
+
+    def expand_level(idx, level, tp):
+        assert (tp.depths[idx] == level).all()
+        seen.append(idx.tolist())
+        return torch.stack([_toy_logp(int(tp.depths[i]), int(tp.tokens[i])) for i in idx])
+
+    depth_, k_, total_ = tree_budget(d)
+    tree, tp = grow_greedy(_toy_logp(0, 0)[None], expand_level, depth_, k_, total_)
+    assert tree.tokens.tolist() == ref.tokens.tolist() and tree.parents.tolist() == ref.parents.tolist()
+    assert tree.pool_index.tolist() == ref.pool_index.tolist() and seen == calls[1:]
+    assert tp.tokens.tolist() == pool.tokens and tp.scores.tolist() == pool.scores
+    assert tree.depths.tolist() == node_depths(tree.parents).tolist() and tree.depth_bound == depth_
+    assert torch.equal(tree.ancestors, ancestor_matrix(tree.parents))
+
+
+def test_ancestors_by_hops_equals_the_host_walk():
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 5, 30):
+        parents = torch.tensor([-1] + [int(torch.randint(-1, i, (), generator=g)) for i in range(1, n)])
+        depth = int(node_depths(parents).max())
+        assert torch.equal(ancestors_by_hops(parents, depth), ancestor_matrix(parents))
+        assert not torch.equal(ancestors_by_hops(parents, 1), ancestor_matrix(parents)) or depth == 1

@@ -76,7 +76,10 @@ def test_static_runner_pads_to_fixed_rows(setup):
     """Every expansion after the prompt runs at the fixed row counts (the shapes a GPU captures once)."""
     cfg, target, head = setup
     d, _ = _trees(target, head, _d(cfg, capture="static"))
-    assert sorted(d.runner._steps) == [("commit", 5), ("tree", 3)]
+    # T=0: the whole tree is one fixed-shape call (one graph on CUDA); commits are padded to depth + 1 rows
+    assert sorted(d.runner._steps) == [("commit", 5)] and list(d.runner._grows) == [(4, 3, 10)]
+    d, _ = _trees(target, head, _d(cfg, capture="static", temperature=1.0))
+    assert sorted(d.runner._steps) == [("commit", 5), ("tree", 3)]  # T>0: one call per tree level
 
 
 def test_cuda_graph_without_cuda_is_the_eager_runner(setup):
@@ -103,3 +106,15 @@ def test_too_few_slots_is_a_user_error(setup):
     cfg, target, head = setup
     with pytest.raises(UserError, match="decoding.max_len"):
         _trees(target, head, _d(cfg, capture="static", max_len=12), steps=2)
+
+
+def test_bf16_draft_head_stays_lossless(setup):
+    """decoding.draft_dtype casts a copy of the head once; the trees change, the output does not."""
+    cfg, target, head = setup
+    d = EagleDrafter(head, torch.bfloat16)
+    for capture in ("none", "static"):
+        dcfg = _d(cfg, capture=capture, draft_dtype="bfloat16")
+        prompt = target.chat_ids([{"role": "user", "content": "abcabcabc"}])
+        assert generate_spec(target, d, prompt, dcfg).tokens == generate_ar(target, prompt, _d(cfg)).tokens
+        assert d.runner.head.fc.weight.dtype == torch.bfloat16
+    assert head.fc.weight.dtype == torch.float32 and d.head_in("target") is d.head_in("bfloat16")

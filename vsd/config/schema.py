@@ -190,12 +190,16 @@ class DecodingConfig:
     ngram_min: int = 1
     capture: str = "none"  # none | cuda_graph (GPU; eager fallback without CUDA) | static (graph path, eager)
     max_len: int = 4096  # static KV slots per generation (capture != none): prompt + new tokens + one tree
+    draft_dtype: str = (
+        "float32"  # the draft head's dtype while decoding: float32 | bfloat16 | float16 | target
+    )
     near_tie_eps: float = 0.25  # bf16: a T=0 divergence must start where the AR top-2 logit gap < eps
 
     def __post_init__(self) -> None:
         _choice("decoding.mode", self.mode, ("tree", "chain"))
         _choice("decoding.drafter", self.drafter, ("eagle3", "ngram"))
         _choice("decoding.capture", self.capture, ("none", "cuda_graph", "static"))
+        _choice("decoding.draft_dtype", self.draft_dtype, ("float32", "bfloat16", "float16", "target"))
         _positive("decoding.max_len", self.max_len)
         _positive("decoding.depth", self.depth)
         _positive("decoding.top_k", self.top_k)

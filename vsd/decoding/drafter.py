@@ -23,16 +23,35 @@ class DraftTree:
         nodes without children are unused (may be zero).
     pool_index: (N,) long, optional: index of each node in the drafter's expansion pool (see
         :func:`vsd.decoding.tree.build_dynamic_tree`), so a drafter can map verified nodes to its own cache.
+    depths: (N,) long, optional: each node's depth (1 = child of the root), where the drafter knows it on its
+        device; then the static target runner builds the step's mask and positions there, without a host copy.
+    depth_bound: optional upper bound on the depth (fixed loop counts for device-side tree walks).
+    ancestors: (N, N) bool, optional: [i, j] when node j is node i or one of its ancestors, computed where the
+        tree was built (a graphed drafter computes it inside its graph), so neither the target step's mask
+        nor verification rebuilds it with extra small launches.
     """
 
     tokens: torch.Tensor
     parents: torch.Tensor
     child_dists: torch.Tensor | None = None
     pool_index: torch.Tensor | None = None
+    depths: torch.Tensor | None = None
+    depth_bound: int | None = None
+    ancestors: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
         return int(self.tokens.numel())
+
+    def max_depth(self) -> int:
+        """An upper bound on the node depth: ``depth_bound`` if set, else the exact depth (walks the parents on
+        the host)."""
+        if self.depth_bound is not None:
+            return self.depth_bound
+        d: list[int] = []
+        for p in self.parents.tolist():
+            d.append(1 if p < 0 else d[p] + 1)
+        return max(d, default=0)
 
     @staticmethod
     def chain(tokens: list[int], child_dists: torch.Tensor | None = None) -> DraftTree:

@@ -31,7 +31,7 @@ class GenResult:
     accepted: list[int] = field(default_factory=list)  # per step: accepted draft tokens (bonus excluded)
     tree_depth: list[int] = field(default_factory=list)  # per step: max depth of the verified tree
     wall_s: float = 0.0  # synchronised wall time of the whole generation (prefill included)
-    draft_s: float = 0.0  # time inside drafter.propose/commit
+    draft_s: float = 0.0  # time inside drafter.propose/commit (on CUDA: the span on the device's timeline)
     top2_gap: list[float] | None = None  # AR only, if asked: top1-top2 target logit gap per position
 
     @property
@@ -41,21 +41,40 @@ class GenResult:
 
 
 class _Timer:
-    """Accumulating wall-clock timer with device synchronisation at both ends."""
+    """Accumulating timer. By default the host clock with device synchronisation at both ends. With
+    ``events`` on CUDA it records CUDA events instead and reads them once, at ``total``: it then times the span
+    on the device's timeline, and a sync per span would stall the host running ahead of graphed steps."""
 
-    def __init__(self, device: torch.device | str):
+    def __init__(self, device: torch.device | str, events: bool = False):
         self.device = device
-        self.total = 0.0
+        self.events = events and torch.device(device).type == "cuda"
+        self._host = 0.0
         self._t0 = 0.0
+        self._spans: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
 
     def __enter__(self) -> _Timer:
+        if self.events:
+            self._spans.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
+            self._spans[-1][0].record()
+            return self
         synchronize(self.device)
         self._t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.events:
+            self._spans[-1][1].record()
+            return
         synchronize(self.device)
-        self.total += time.perf_counter() - self._t0
+        self._host += time.perf_counter() - self._t0
+
+    @property
+    def total(self) -> float:
+        if self._spans:
+            synchronize(self.device)
+            self._host += sum(a.elapsed_time(b) for a, b in self._spans) / 1000
+            self._spans.clear()
+        return self._host
 
 
 def _pick(logits: torch.Tensor, dcfg: DecodingConfig, generator: torch.Generator | None) -> int:
@@ -139,7 +158,7 @@ def generate_spec(
     """Speculative decoding of one prompt with ``drafter``; lossless w.r.t. :func:`generate_ar`."""
     eos, dev = target.eos_token_ids, target.device
     feats_on = bool(drafter.needs_features)
-    wall, draft = _Timer(dev), _Timer(dev)
+    wall, draft = _Timer(dev), _Timer(dev, events=True)
     res = GenResult([], 0)
     tokens = res.tokens
     runner = make_runner(target, dcfg)
@@ -157,20 +176,20 @@ def generate_spec(
                 tree = drafter.propose(root, dcfg, generator)
             out = runner.step(root, tree, feats_on, rows=rows_static)
             res.target_forwards += 1
-            logits = out.logits[0].float()
             if dcfg.temperature > 0:
-                path, nxt = _verify.verify_sampled(tree, logits, dcfg, generator)
-            else:
-                path, nxt = _verify.verify_greedy(tree, logits)
+                path, nxt = _verify.verify_sampled(tree, out.logits[0].float(), dcfg, generator)
+            else:  # argmax needs no float copy of the (N+1, V) logits
+                path, nxt = _verify.verify_greedy(tree, out.logits[0])
+            # the small host copies first, while the device queue is empty after verification
+            acc = tree.tokens[path].tolist() if path else []
+            res.tree_depth.append(int(node_depths(tree.parents.cpu()).max()) if tree.size else 0)
             rows = [0] + [i + 1 for i in path]
             feats = out.features[0, rows] if feats_on else None  # read before the next step reuses buffers
             runner.keep(rows)
-            acc = tree.tokens[path].tolist() if path else []
             with draft:
                 drafter.commit([root, *acc], feats)
             res.drafted.append(tree.size)
             res.accepted.append(len(path))
-            res.tree_depth.append(int(node_depths(tree.parents).max()) if tree.size else 0)
             n0 = len(tokens)
             tokens.extend(acc)
             tokens.append(nxt)

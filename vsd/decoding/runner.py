@@ -24,7 +24,13 @@ import torch
 from vsd.config.schema import DecodingConfig
 from vsd.decoding.drafter import DraftTree
 from vsd.decoding.slot_cache import SlotCache
-from vsd.decoding.tree_attention import ancestor_matrix, node_depths, tree_attention_mask, tree_position_ids
+from vsd.decoding.tree_attention import (
+    ancestor_matrix,
+    ancestors_by_hops,
+    node_depths,
+    tree_attention_mask,
+    tree_position_ids,
+)
 from vsd.errors import UserError
 from vsd.models.target import TargetOutput
 
@@ -134,7 +140,8 @@ class GraphRunner:
 
     # -------------------------------------------------------------- helpers
     def _fill(self, shape: _Shape, ids: list[int], depths: torch.Tensor, anc: torch.Tensor) -> None:
-        """Write one step's inputs into the static buffers (rows beyond len(ids) are padding)."""
+        """Write one step's inputs into the static buffers from the host (rows beyond len(ids) are padding):
+        one pinned copy for ids/positions/slots, one for the tree's mask block."""
         n, k, start = shape.n, len(ids), self.length
         h = shape.host
         h[0].zero_()
@@ -145,16 +152,41 @@ class GraphRunner:
         shape.dev.copy_(h, non_blocking=True)
         full_anc = torch.eye(n, dtype=torch.bool)  # padding rows see only themselves
         full_anc[:k, :k] = anc
-        # Incremental mask update (a full rewrite of the (n, max_len) mask costs more than the graphed
-        # forward of a small model): committed columns only ever grow within one generation.
+        self._open_prefix(shape, start)
+        shape.host_block.zero_().masked_fill_(~full_anc, self._neg)
+        shape.mask[0, 0, :, start : start + n].copy_(shape.host_block, non_blocking=True)
+
+    def _fill_from_device_tree(self, shape: _Shape, root: int, tree: DraftTree) -> None:
+        """The same inputs from a tree whose tokens and depths live on the device (a graphed drafter's): built
+        there with a few small ops, so the drafter's output never crosses to the host before verification."""
+        n, k, start = shape.n, tree.size + 1, self.length
+        x = shape.dev
+        x[0].zero_()
+        x[0, :1].fill_(root)  # fill_, not item assignment: that copies a host scalar and syncs the stream
+        x[0, 1:k] = tree.tokens.to(x.device)
+        x[1].fill_(start)
+        x[1, 1:k] = start + tree.depths.to(x.device)  # the root sits at start, a node of depth d at start + d
+        torch.arange(start, start + n, out=x[2])
+        allowed = torch.eye(n, dtype=torch.bool, device=x.device)
+        allowed[1:k, 0].fill_(True)
+        anc = tree.ancestors
+        if anc is None:
+            anc = ancestors_by_hops(tree.parents, tree.max_depth())
+        allowed[1:k, 1:k] = anc.to(x.device)
+        self._open_prefix(shape, start)
+        shape.mask[0, 0, :, start : start + n] = torch.where(allowed, 0.0, self._neg).to(shape.mask.dtype)
+
+    def _open_prefix(self, shape: _Shape, start: int) -> None:
+        """Incremental mask update (a full rewrite of the (n, max_len) mask costs more than the graphed
+        forward of a small model): committed columns only ever grow within one generation."""
+        n = shape.n
         if start < shape.prefix_done:  # a new generation
             shape.mask.fill_(self._neg)
             shape.prefix_done = shape.last_end = 0
-        shape.mask[..., shape.prefix_done : start] = 0
+        # fill_: assigning a Python number to a CUDA slice copies a host scalar, which waits for the stream
+        shape.mask[..., shape.prefix_done : start].fill_(0)
         if shape.last_end > start + n:
-            shape.mask[..., start + n : shape.last_end] = self._neg
-        shape.host_block.zero_().masked_fill_(~full_anc, self._neg)
-        shape.mask[0, 0, :, start : start + n].copy_(shape.host_block, non_blocking=True)
+            shape.mask[..., start + n : shape.last_end].fill_(self._neg)
         shape.prefix_done, shape.last_end = start, start + n
 
     def _run(self, shape: _Shape, features: bool) -> TargetOutput:
@@ -215,20 +247,24 @@ class GraphRunner:
         self, root: int, tree: DraftTree | None, features: bool, rows: int | None = None
     ) -> TargetOutput:
         """``rows``: the static row count of this step kind (defaults to the actual size)."""
+        on_device = tree is not None and tree.size > 0 and tree.depths is not None
         if tree is None or tree.size == 0:
             ids, depths, anc = [root], torch.ones(1, dtype=torch.long), torch.ones(1, 1, dtype=torch.bool)
-        else:
+        elif not on_device:
             full = _full_parents(tree)
             ids = [root, *tree.tokens.tolist()]
             depths, anc = node_depths(full), ancestor_matrix(full)
-        n = max(rows or len(ids), len(ids))
+        k = tree.size + 1 if on_device else len(ids)
+        n = max(rows or k, k)
         if self.length + n > self.max_len:
             raise UserError(f"decoding.max_len: {self.max_len} KV slots are too few for this generation")
         shape = self._shape(n, features)
-        self._fill(shape, ids, depths, anc)
+        if on_device:
+            self._fill_from_device_tree(shape, root, tree)
+        else:
+            self._fill(shape, ids, depths, anc)
         self._block = n
         out = self._run(shape, features)
-        k = len(ids)
         if k == n:
             return out
         return TargetOutput(out.logits[:, :k], None if out.features is None else out.features[:, :k], None)

@@ -11,6 +11,11 @@ recursive rejection sampling; a rank-only shape does not. A node whose rank reac
 parent's distribution is dropped with its subtree (that depends only on the parent, so stays exact).
 
 ``mode == "chain"`` is the same procedure with top_k = 1 and total_tokens = depth.
+
+:func:`grow_greedy` is the T = 0 procedure again in tensor operations only: no value crosses to the host, every
+shape is fixed, so a static-shape drafter can capture the whole tree as one CUDA graph. On a GPU the host
+round trip per tree level of :func:`build_dynamic_tree` costs more than the draft head itself. The tests hold
+the two to the same trees.
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ import torch
 from vsd.config.schema import DecodingConfig
 from vsd.decoding.drafter import DraftTree
 from vsd.decoding.sampling import gumbel_topk, warp
+from vsd.decoding.tree_attention import ancestors_by_hops
 
 Expand = Callable[[torch.Tensor], torch.Tensor]
+# (node pool indices (k,), tree level d >= 1 (the nodes' depth), the pool so far) -> (k, V) log-probs
+ExpandLevel = Callable[[torch.Tensor, int, "TensorPool"], torch.Tensor]
 
 
 @dataclass
@@ -59,6 +67,16 @@ class NodePool:
     def clear(self) -> None:
         for lst in (self.tokens, self.parents, self.depths, self.scores):
             lst.clear()
+
+
+@dataclass
+class TensorPool:
+    """Every node :func:`grow_greedy` created, in creation order, as tensors on the drafter's device."""
+
+    tokens: torch.Tensor  # (P,) long
+    parents: torch.Tensor  # (P,) long pool index, -1 = child of the root
+    depths: torch.Tensor  # (P,) long, 1 = child of the root
+    scores: torch.Tensor  # (P,) float64 cumulative log-probs
 
 
 def tree_budget(dcfg: DecodingConfig) -> tuple[int, int, int]:
@@ -116,6 +134,44 @@ def _build_greedy(expand: Expand, dcfg: DecodingConfig, pool: NodePool) -> Draft
     # `total` is closed under ancestors; creation order is topological with siblings in rank order
     keep = scores.sort(descending=True, stable=True).indices[:total].sort().values.tolist()
     return _to_tree(pool, keep, None)
+
+
+def grow_greedy(
+    root_logp: torch.Tensor, expand: ExpandLevel, depth: int, k: int, total: int
+) -> tuple[DraftTree, TensorPool]:
+    """The T = 0 tree of :func:`_build_greedy` from ``root_logp`` (1, V) (the root's children), with ``expand``
+    giving the children of the k frontier nodes of each level. Tensor operations only (capturable); every
+    returned tensor stays on ``root_logp``'s device. ``DraftTree.depths`` and ``ancestors`` are set; its depth
+    bound is ``depth``."""
+    dev = root_logp.device
+    top = root_logp.float().topk(k, dim=-1)
+    pool = TensorPool(
+        tokens=top.indices[0],
+        parents=torch.full((k,), -1, dtype=torch.long, device=dev),
+        depths=torch.ones(k, dtype=torch.long, device=dev),
+        scores=top.values[0].double(),
+    )
+    frontier = pool.scores.sort(descending=True, stable=True).indices[:k]
+    for d in range(1, depth):
+        logp = expand(frontier, d, pool).float()
+        top = logp.topk(k, dim=-1)
+        cand = (pool.scores[frontier][:, None] + top.values.double()).flatten()
+        n0 = pool.tokens.numel()
+        pool = TensorPool(
+            tokens=torch.cat([pool.tokens, top.indices.flatten()]),
+            parents=torch.cat([pool.parents, frontier[:, None].expand(k, k).reshape(-1)]),
+            depths=torch.cat([pool.depths, torch.full((k * k,), d + 1, dtype=torch.long, device=dev)]),
+            scores=torch.cat([pool.scores, cand]),
+        )
+        frontier = n0 + cand.sort(descending=True, stable=True).indices[:k]
+    keep = pool.scores.sort(descending=True, stable=True).indices[:total].sort().values
+    pos = torch.full_like(pool.parents, -1)
+    pos[keep] = torch.arange(keep.numel(), device=dev)
+    par = pool.parents[keep]
+    parents = torch.where(par >= 0, pos[par.clamp(min=0)], par)
+    anc = ancestors_by_hops(parents, depth)
+    tree = DraftTree(pool.tokens[keep], parents, None, keep, pool.depths[keep], depth, anc)
+    return tree, pool
 
 
 @lru_cache(maxsize=64)

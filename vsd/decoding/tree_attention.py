@@ -25,6 +25,19 @@ def ancestor_matrix(parents: torch.Tensor) -> torch.Tensor:
     return anc
 
 
+def ancestors_by_hops(parents: torch.Tensor, depth: int) -> torch.Tensor:
+    """:func:`ancestor_matrix` of a tree no deeper than ``depth``, in ``depth - 1`` parent hops of tensor
+    operations: no host copy, fixed shapes (usable inside a captured step)."""
+    n = parents.numel()
+    cols = torch.arange(n, device=parents.device)
+    anc = cols[:, None] == cols[None]
+    cur = parents
+    for _ in range(depth - 1):
+        anc |= cur[:, None] == cols[None]  # -1 (past the root) matches no column
+        cur = torch.where(cur >= 0, parents[cur.clamp(min=0)], cur)
+    return anc
+
+
 def node_depths(parents: torch.Tensor) -> torch.Tensor:
     """(N,) long: 1 for children of the prefix, 2 for their children, ..."""
     d: list[int] = []

@@ -12,6 +12,7 @@ import torch
 from vsd.config.schema import DecodingConfig
 from vsd.decoding.drafter import DraftTree
 from vsd.decoding.sampling import sample, warp
+from vsd.decoding.tree_attention import ancestors_by_hops
 
 
 def children_lists(parents: list[int]) -> dict[int, list[int]]:
@@ -23,19 +24,26 @@ def children_lists(parents: list[int]) -> dict[int, list[int]]:
 
 
 def verify_greedy(tree: DraftTree, logits: torch.Tensor) -> tuple[list[int], int]:
-    """logits (N+1, V) at [root, nodes]. Returns (accepted node indices along one path, next token)."""
-    best = logits.argmax(-1).tolist()
-    toks = tree.tokens.tolist()
-    ch = children_lists(tree.parents.tolist())
-    path: list[int] = []
-    cur = -1
-    while True:
-        want = best[cur + 1]
-        nxt = next((c for c in ch.get(cur, ()) if toks[c] == want), None)
-        if nxt is None:
-            return path, want  # correction (or bonus, when cur is a leaf)
-        path.append(nxt)
-        cur = nxt
+    """logits (N+1, V) at [root, nodes]. Returns (accepted node indices along one path, next token).
+
+    The walk "follow the first child whose token is the target's argmax" in tensor operations on the logits'
+    device, so a graphed step pays one host copy (the accepted flags and the next token together)."""
+    best = logits.argmax(-1)
+    n = tree.size
+    if n == 0:
+        return [], int(best[0])
+    dev = best.device
+    tok, par = tree.tokens.to(dev), tree.parents.to(dev)
+    ok = tok == best[par + 1]
+    # the walk takes the FIRST child holding the target's token: a later sibling with the same token never counts
+    same = (par[:, None] == par[None]) & (tok[:, None] == tok[None])
+    ok &= ~torch.tril(same, diagonal=-1).any(1)
+    anc = tree.ancestors.to(dev) if tree.ancestors is not None else ancestors_by_hops(par, tree.max_depth())
+    acc = ~(anc & ~ok[None]).any(1)  # the node and all its ancestors match
+    # so accepted nodes form one path from the root; the deepest (the highest index) ends it
+    last = torch.where(acc, torch.arange(n, device=dev), -1).max()
+    flags = torch.cat([acc.long(), best[last + 1][None]]).tolist()
+    return [i for i in range(n) if flags[i]], flags[n]
 
 
 def verify_sampled(

@@ -412,4 +412,4 @@ def load_draft(path: str | Path, target, device: str | torch.device | None = Non
     """A saved draft dir -> an EagleDrafter (vsd.decoding Drafter protocol) on ``device`` (target's default)."""
     from vsd.models.drafter_eagle import EagleDrafter
 
-    return EagleDrafter(DraftHead.load(path, target, device=device or target.device))
+    return EagleDrafter(DraftHead.load(path, target, device=device or target.device), target.dtype)

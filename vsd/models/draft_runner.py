@@ -12,6 +12,10 @@ Both runners expose the same calls, so the drafter's tree logic is one code path
   stored at ``out_rows[r]``. Returns ``((m, V) log-probs, the cache slots the m nodes were written at)``.
 - ``drop_tree()`` forgets every tree entry (the verified ones come back through ``commit``).
 
+:class:`GraphDraftRunner` also drafts a whole T = 0 tree on the device: ``grow_greedy`` runs
+:func:`vsd.decoding.tree.grow_greedy` with its expansion tables built there from the pool tensors, as ONE
+captured graph on CUDA. Nothing crosses to the host until the target has verified the tree.
+
 :class:`GraphDraftRunner` keeps every shape static: ``max_len`` KV slots, a fixed row count per call kind
 (``depth + 1`` for a commit, ``top_k`` for an expansion; a prompt-length commit runs uncaptured), the attention
 mask built inside the step from a few integers per row, and hidden rows in one preallocated store. On CUDA
@@ -22,6 +26,8 @@ from __future__ import annotations
 
 import torch
 
+from vsd.decoding.drafter import DraftTree
+from vsd.decoding.tree import TensorPool, grow_greedy
 from vsd.errors import UserError
 
 
@@ -124,6 +130,16 @@ class _Step:
         self.copied: torch.cuda.Event | None = None
 
 
+class _Grow:
+    """Inputs, outputs and (on CUDA) the captured graph of one greedy tree shape (depth, k, total)."""
+
+    def __init__(self, vocab: int, device):
+        self.root = torch.zeros(1, vocab, device=device)  # the root's children log-probs
+        self.length = torch.zeros((), dtype=torch.long, device=device)  # committed entries
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.out: DraftTree | None = None
+
+
 class GraphDraftRunner:
     """Static-shape draft runner (see the module docstring); captured on CUDA when ``capture``, else eager."""
 
@@ -145,17 +161,18 @@ class GraphDraftRunner:
         self.length = 0  # committed entries, at slots [0, length)
         self.tree_end = 0  # tree entries occupy [length, tree_end)
         self._steps: dict[tuple[str, int], _Step] = {}
+        self._grows: dict[tuple[int, int, int], _Grow] = {}
         self._pool = None
 
     def reset(self) -> None:
         self.length = self.tree_end = 0
 
     # ------------------------------------------------------------------ one step
-    def _core(self, s: _Step) -> torch.Tensor:
-        """The step itself (captured on CUDA): mask from integers, head step, hidden store write, log-probs."""
-        x = s.dev
-        if s.kind == "commit":
-            hidden = self.head.fuse(s.features)
+    def _core(self, x: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
+        """The step itself (captured on CUDA): mask from the integer table ``x`` (rows of id, pos, slot, limit,
+        in_row, out_row, *visible slots), head step, hidden store write, log-probs."""
+        if features is not None:
+            hidden = self.head.fuse(features)
         else:
             hidden = self.store.index_select(0, x[:, _IN])[None]
         extra = x[:, _EXTRA:]
@@ -202,20 +219,89 @@ class GraphDraftRunner:
         if features is not None:
             s.features[0, :k].copy_(features.to(self.dtype))
         if not (self.capture and n == fixed):
-            return self._core(s)[:k]
+            return self._core(s.dev, s.features)[:k]
         if s.graph is None:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(2):  # warm-up outside the graph (allocator, cuBLAS handles)
-                    self._core(s)
+                    self._core(s.dev, s.features)
             torch.cuda.current_stream().wait_stream(side)
             s.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(s.graph, pool=self._pool):
-                s.out = self._core(s)
+                s.out = self._core(s.dev, s.features)
             self._pool = s.graph.pool()
         s.graph.replay()
         return s.out[:k]
+
+    def _grow(self, g: _Grow, depth: int, k: int, total: int) -> DraftTree:
+        """:func:`grow_greedy` with each level's table built from the pool tensors (captured on CUDA)."""
+        slot_of = torch.zeros(k + (depth - 1) * k * k, dtype=torch.long, device=self.device)
+
+        def expand(idx: torch.Tensor, d: int, pool: TensorPool) -> torch.Tensor:
+            own = g.length + (d - 1) * k + torch.arange(k, device=self.device)  # level d's cache slots
+            slot_of.index_copy_(0, idx, own)
+            # the slots of the node's tree ancestors (committed entries are visible through the limit column)
+            visible, a = [], pool.parents[idx]
+            for _ in range(d - 1):
+                visible.append(torch.where(a >= 0, slot_of[a.clamp(min=0)], own))
+                a = torch.where(a >= 0, pool.parents[a.clamp(min=0)], a)
+            visible += [own] * (self.extra - len(visible))  # a row always sees its own slot
+            x = torch.stack(
+                [
+                    pool.tokens[idx],
+                    g.length - 1 + pool.depths[idx],
+                    own,
+                    g.length.expand(k),
+                    1 + pool.parents[idx],  # hidden row 0 is the root's
+                    1 + idx,
+                    *visible,
+                ],
+                1,
+            )
+            return self._core(x, None)
+
+        tree, _ = grow_greedy(g.root, expand, depth, k, total)
+        return tree
+
+    def grow_greedy(self, root_logp: torch.Tensor, depth: int, k: int, total: int) -> DraftTree:
+        """The T = 0 tree after the last commit from the root's children ``root_logp`` (1, V), drafted on the
+        device. Its tensors stay there (with ``depths``, so the target runner builds its step there too)."""
+        if self.length + (depth - 1) * k > self.max_len:
+            raise UserError(
+                f"decoding.max_len: {self.max_len} KV slots are too few for this generation (draft)"
+            )
+        key = (depth, k, total)
+        if key not in self._grows:
+            self._grows[key] = _Grow(root_logp.shape[-1], self.device)
+        g = self._grows[key]
+        g.root.copy_(root_logp)
+        g.length.fill_(self.length)
+        if not self.capture:
+            return self._grow(g, depth, k, total)
+        if g.graph is None:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._grow(g, depth, k, total)
+            torch.cuda.current_stream().wait_stream(side)
+            g.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g.graph, pool=self._pool):
+                g.out = self._grow(g, depth, k, total)
+            self._pool = g.graph.pool()
+        g.graph.replay()
+        t = g.out
+        # copies: the next replay rewrites the graph's buffers while this tree may still be in use
+        return DraftTree(
+            t.tokens.clone(),
+            t.parents.clone(),
+            None,
+            t.pool_index.clone(),
+            t.depths.clone(),
+            t.depth_bound,
+            t.ancestors.clone(),
+        )
 
     # ------------------------------------------------------------------ runner API
     def commit(self, features: torch.Tensor, ids: list[int]) -> torch.Tensor:
