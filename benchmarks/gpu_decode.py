@@ -57,6 +57,12 @@ def main() -> None:
         help="beside every graphed EAGLE-3 row, the same row with decoding.draft_dtype=bfloat16 (suffix _bf16)",
     )
     ap.add_argument(
+        "--graph-times",
+        action="store_true",
+        help="after the rows: the GPU time of every captured graph, and per graphed EAGLE-3 tree row the speedup "
+        "those times allow (no host work at all)",
+    )
+    ap.add_argument(
         "--profile", default=None, help="a row name: print its host-side profile (cProfile, tottime)"
     )
     args = ap.parse_args()
@@ -197,10 +203,65 @@ def main() -> None:
             f"{r['draft_ms_per_step']:.2f} | {r['tokens_per_s'] / ar_e:.2f}x | "
             f"{r['tokens_per_s'] / ar_g:.2f}x | {r['match_ar_eager']} |"
         )
+    graphs: dict[str, float] = {}
+    if args.graph_times and torch.cuda.is_available():
+        graphs = graph_times(target, drafter_eagle)
+        lines += ["", "| captured graph | GPU ms per replay |", "|---|---|"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in graphs.items()]
+        lines += [
+            "",
+            "| row | tau | GPU-time ceiling vs AR graphed: tau x t(1 row) / (t(tree rows) + t(draft)) |",
+        ]
+        lines += ["|---|---|---|"]
+        t1 = graphs.get("target 1 rows")
+        for name, kind, dcfg in methods:
+            dt = str(dcfg.draft_dtype)
+            key_t = f"target {dcfg.total_tokens + 1} rows + features"
+            key_c = f"draft commit {dcfg.depth + 1} rows {dt}"
+            key_g = f"draft tree d{dcfg.depth} k{dcfg.top_k} n{dcfg.total_tokens} {dt}"
+            if kind == "eagle3" and dcfg.mode == "tree" and name in results and t1 and key_g in graphs:
+                cost = graphs[key_t] + graphs.get(key_c, 0.0) + graphs[key_g]
+                tau = results[name]["tau"]
+                lines.append(f"| {name} | {tau:.2f} | {tau * t1 / cost:.2f}x |")
     table = "\n".join(lines)
     print(table)
     peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-    Path(args.out).write_text(json.dumps({"results": results, "table": table, "peak_mem_mb": peak}, indent=1))
+    Path(args.out).write_text(
+        json.dumps({"results": results, "graph_ms": graphs, "table": table, "peak_mem_mb": peak}, indent=1)
+    )
+
+
+def graph_times(target, drafter, replays: int = 200) -> dict[str, float]:
+    """GPU time (ms per replay, CUDA events over ``replays`` back-to-back replays) of every graph the rows
+    captured: the target's step shapes and each draft runner's commit and tree graphs. Run after the rows: the
+    replays overwrite the runners' buffers, which the next generation resets anyway."""
+
+    def timed(g) -> float:
+        for _ in range(5):
+            g.replay()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        a.record()
+        for _ in range(replays):
+            g.replay()
+        b.record()
+        torch.cuda.synchronize()
+        return a.elapsed_time(b) / replays
+
+    out: dict[str, float] = {}
+    for runner in target.__dict__.get("_graph_runners", {}).values():
+        for (rows, feats), s in sorted(runner._shapes.items()):
+            if s.graph is not None:
+                out[f"target {rows} rows" + (" + features" if feats else "")] = timed(s.graph)
+    for r in drafter._runners.values() if drafter is not None else []:
+        dt = str(getattr(r, "dtype", "")).replace("torch.", "")
+        for (kind, n), s in sorted(getattr(r, "_steps", {}).items()):
+            if s.graph is not None:
+                out[f"draft {kind} {n} rows {dt}"] = timed(s.graph)
+        for (d, k, n), g in sorted(getattr(r, "_grows", {}).items()):
+            if g.graph is not None:
+                out[f"draft tree d{d} k{k} n{n} {dt}"] = timed(g.graph)
+    return out
 
 
 if __name__ == "__main__":
