@@ -1,14 +1,18 @@
-"""Device, dtype, threads and seeding: the only place that decides where tensors live."""
+"""Device, dtype, threads, seeding and CUDA-graph capture: the only place that decides where tensors live."""
 
 from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from vsd.errors import UserError
+
+T = TypeVar("T")
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -61,3 +65,19 @@ def peak_memory_mb(device: str | torch.device) -> float | None:
     if str(device).startswith("cuda"):
         return torch.cuda.max_memory_allocated(device) / 2**20
     return None
+
+
+def capture_graph(fn: Callable[[], T], pool=None) -> tuple[torch.cuda.CUDAGraph, T]:
+    """Run ``fn`` twice on a side stream (allocator, cuBLAS handles), then capture one call as a CUDA graph
+    in memory pool ``pool`` (graphs that share a pool must replay in capture order or one at a time). Returns
+    the graph and ``fn``'s output: the static tensors every replay rewrites."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = fn()
+    return graph, out

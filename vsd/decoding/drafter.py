@@ -8,6 +8,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from vsd.config.schema import DecodingConfig
+from vsd.decoding.tree_attention import node_depths
 
 
 @dataclass
@@ -48,10 +49,7 @@ class DraftTree:
         the host)."""
         if self.depth_bound is not None:
             return self.depth_bound
-        d: list[int] = []
-        for p in self.parents.tolist():
-            d.append(1 if p < 0 else d[p] + 1)
-        return max(d, default=0)
+        return int(node_depths(self.parents.cpu()).max()) if self.size else 0
 
     @staticmethod
     def chain(tokens: list[int], child_dists: torch.Tensor | None = None) -> DraftTree:

@@ -33,6 +33,7 @@ from vsd.decoding.tree_attention import (
 )
 from vsd.errors import UserError
 from vsd.models.target import TargetOutput
+from vsd.runtime import capture_graph
 
 
 def _full_parents(tree: DraftTree) -> torch.Tensor:
@@ -204,15 +205,7 @@ class GraphRunner:
         if not self.capture:
             return fwd()
         if shape.graph is None:
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                for _ in range(2):  # warm-up outside the graph (allocator, cuBLAS handles)
-                    fwd()
-            torch.cuda.current_stream().wait_stream(s)
-            shape.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(shape.graph, pool=self._pool):
-                shape.out = fwd()
+            shape.graph, shape.out = capture_graph(fwd, self._pool)
             self._pool = shape.graph.pool()
         shape.graph.replay()
         return shape.out

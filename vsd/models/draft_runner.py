@@ -29,6 +29,7 @@ import torch
 from vsd.decoding.drafter import DraftTree
 from vsd.decoding.tree import TensorPool, grow_greedy
 from vsd.errors import UserError
+from vsd.runtime import capture_graph
 
 
 def target_logp(head, logits: torch.Tensor) -> torch.Tensor:
@@ -221,15 +222,7 @@ class GraphDraftRunner:
         if not (self.capture and n == fixed):
             return self._core(s.dev, s.features)[:k]
         if s.graph is None:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):  # warm-up outside the graph (allocator, cuBLAS handles)
-                    self._core(s.dev, s.features)
-            torch.cuda.current_stream().wait_stream(side)
-            s.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(s.graph, pool=self._pool):
-                s.out = self._core(s.dev, s.features)
+            s.graph, s.out = capture_graph(lambda: self._core(s.dev, s.features), self._pool)
             self._pool = s.graph.pool()
         s.graph.replay()
         return s.out[:k]
@@ -280,15 +273,7 @@ class GraphDraftRunner:
         if not self.capture:
             return self._grow(g, depth, k, total)
         if g.graph is None:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    self._grow(g, depth, k, total)
-            torch.cuda.current_stream().wait_stream(side)
-            g.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g.graph, pool=self._pool):
-                g.out = self._grow(g, depth, k, total)
+            g.graph, g.out = capture_graph(lambda: self._grow(g, depth, k, total), self._pool)
             self._pool = g.graph.pool()
         g.graph.replay()
         t = g.out
