@@ -36,9 +36,15 @@ def warp(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float 
     return probs
 
 
+def on_generator(t: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """``t`` on ``generator``'s device: draws happen where the generator lives (the eval's is on the target's
+    device, while T>0 draft rows may sit on the host)."""
+    return t if generator is None else t.to(generator.device)
+
+
 def sample(probs: torch.Tensor, generator: torch.Generator | None) -> int:
     """One draw from a (V,) probability vector."""
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return int(torch.multinomial(on_generator(probs, generator), 1, generator=generator))
 
 
 def gumbel_topk(probs: torch.Tensor, k: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -47,6 +53,7 @@ def gumbel_topk(probs: torch.Tensor, k: int, generator: torch.Generator | None) 
     Gumbel-top-k: the order of ``log p + Gumbel noise`` is the order of successive draws without
     replacement. Tokens of zero probability are never returned (fewer than k ids if the support is small).
     """
+    probs = on_generator(probs, generator)
     support = int((probs > 0).sum())
     k = min(k, support)
     u = torch.rand(probs.shape, generator=generator, device=probs.device).clamp_(1e-20, 1.0 - 1e-7)

@@ -228,7 +228,7 @@ def _to_tree(pool: NodePool, keep: list[int], dists: dict[int, torch.Tensor] | N
     parents = torch.tensor([pos[pool.parents[p]] if pool.parents[p] >= 0 else -1 for p in keep])
     child_dists = None
     if dists is not None:
-        v = next(iter(dists.values())).shape[-1]
+        first = next(iter(dists.values()))
         rows = [dists.get(p) for p in [-1, *keep]]
-        child_dists = torch.stack([r if r is not None else torch.zeros(v) for r in rows])
+        child_dists = torch.stack([r if r is not None else torch.zeros_like(first) for r in rows])
     return DraftTree(tokens, parents.long(), child_dists, torch.tensor(keep, dtype=torch.long))

@@ -60,11 +60,11 @@ def verify_sampled(
         kids = ch.get(cur, [])
         if not kids:
             return path, sample(p, generator)  # bonus token from the target itself
-        q = tree.child_dists[cur + 1].float().clone()
+        q = tree.child_dists[cur + 1].float().to(p.device, copy=True)
         accepted = None
         for c in kids:
             x = toks[c]
-            u = float(torch.rand((), generator=generator))
+            u = float(torch.rand((), generator=generator, device=generator.device if generator else None))
             if u * float(q[x]) < float(p[x]):  # u < min(1, p/q) without dividing
                 accepted = c
                 break
