@@ -103,3 +103,29 @@ def test_sweep_through_submitit_slurm(slurm_env: dict[str, str], tmp_path: Path)
         assert read_json(sweep_dir / n / "metrics.json")["eval/tau"] >= 1.0
     assert read_json(sweep_dir / SUMMARY_FILE)["counts"] == {"completed": 2}
     assert list((sweep_dir / ".submitit").iterdir()), "submitit wrote no job folders"
+
+
+def test_ddp_job_of_two_slurm_tasks(slurm_env: dict[str, str], tmp_path: Path) -> None:
+    """``tasks_per_node=2`` (how hydra/launcher=slurm_gpu runs one rank per GPU): the job's two Slurm tasks
+    join one process group (gloo here, NCCL on GPUs) and train as DDP, with rank 0 owning the records."""
+    sweep_dir = tmp_path / "slurm_ddp"
+    proc, secs = run_sweep(
+        sweep_dir,
+        [
+            "experiment=smoke",
+            "threads=1",
+            f"paths.cache_dir={tmp_path}/cache",
+            "hydra/launcher=slurm_cpu",
+            "hydra.launcher.tasks_per_node=2",
+            "hydra.launcher.timeout_min=5",
+            "seed=0",
+        ],
+        env=slurm_env,
+        timeout=540,
+    )
+    print(f"one 2-task DDP job through Slurm took {secs:.1f}s")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    metrics = read_json(sweep_dir / "0" / "metrics.json")
+    assert metrics["train/world_size"] == 2.0 and "eval/tau" in metrics
+    rank1 = read_json(sweep_dir / "0" / "rank1" / "run.json")
+    assert rank1["status"] == "completed" and rank1["rank"] == 1 and rank1["world_size"] == 2

@@ -85,3 +85,27 @@ def test_ddp_two_gloo_processes_match_single_process(tmp_path):
             assert r1["heldout/loss"] == pytest.approx(r2["heldout/loss"], rel=1e-5)
     for n, p in one["params"].items():
         assert torch.allclose(p, two["params"][n], atol=1e-5), n
+
+
+def test_slurm_step_variables_become_torch_env(monkeypatch):
+    """Task 1 of a submitit Slurm job of 2 tasks exports torch's env:// variables from its Slurm variables;
+    outside submitit (an ``salloc -n 4`` shell: SLURM_NTASKS=4, one process) nothing is exported, so a run
+    there never waits for peers."""
+    from vsd.train import trainer
+
+    keys = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    for key in (*keys, "SUBMITIT_EXECUTOR"):
+        monkeypatch.delenv(key, raising=False)
+    slurm = {"SLURM_JOB_ID": "17", "SLURM_NTASKS": "4", "SLURM_JOB_NUM_NODES": "1", "SLURM_NODEID": "0"}
+    for k, v in {**slurm, "SLURM_JOB_NODELIST": "node7", "SLURM_PROCID": "1", "SLURM_LOCALID": "1"}.items():
+        monkeypatch.setenv(k, v)
+    trainer._torch_env_from_job()  # the allocation shell
+    assert not any(k in os.environ for k in keys)
+
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")  # task 1 of a submitit job of 2 tasks
+    trainer._torch_env_from_job()
+    got = {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    assert got == {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "node7"}
+    for k in keys:  # monkeypatch restores only what it set
+        os.environ.pop(k, None)

@@ -52,8 +52,25 @@ class DistInfo:
         return self.rank == 0
 
 
+def _torch_env_from_job() -> None:
+    """A submitit job of several tasks (``tasks_per_node=N``, as in ``hydra/launcher=slurm_gpu``) starts N
+    copies of the run without torchrun. Export torch's env:// variables (RANK, WORLD_SIZE, LOCAL_RANK,
+    MASTER_ADDR/PORT) from the job's environment so the copies form one process group. Only inside a submitit
+    job (SUBMITIT_EXECUTOR): a plain ``salloc -n 4`` shell has SLURM_NTASKS=4 but runs one process."""
+    if "WORLD_SIZE" in os.environ or not os.environ.get("SUBMITIT_EXECUTOR"):
+        return
+    import submitit
+    from submitit.helpers import TorchDistributedEnvironment
+
+    if submitit.JobEnvironment().num_tasks > 1:
+        # every task keeps all the node's GPUs and picks cuda:LOCAL_RANK (local_device), as under torchrun
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
 def init_distributed(device: str) -> DistInfo:
-    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA)."""
+    """Join the process group of a torchrun job or a submitit job of several tasks (gloo on CPU, nccl on
+    CUDA); a single process otherwise."""
+    _torch_env_from_job()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
