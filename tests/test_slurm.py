@@ -129,3 +129,4 @@ def test_ddp_job_of_two_slurm_tasks(slurm_env: dict[str, str], tmp_path: Path) -
     assert metrics["train/world_size"] == 2.0 and "eval/tau" in metrics
     rank1 = read_json(sweep_dir / "0" / "rank1" / "run.json")
     assert rank1["status"] == "completed" and rank1["rank"] == 1 and rank1["world_size"] == 2
+    assert read_json(sweep_dir / SUMMARY_FILE)["counts"] == {"completed": 1}  # one job, not one per rank

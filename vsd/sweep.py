@@ -91,6 +91,8 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     found = {p.parent.parent for p in Path(sweep_dir).rglob(".hydra/overrides.yaml")}
     found |= {p.parent for p in Path(sweep_dir).rglob("run.json")}
     found.discard(Path(sweep_dir))  # the sweep dir's own multirun.yaml lives elsewhere; never a job
+    # a multi-task job's other ranks keep their run.json inside the job dir (rank<r>/): part of that job
+    found = {d for d in found if not any(p in found for p in d.parents)}
 
     def key(p: Path) -> tuple[int, str]:
         name = p.relative_to(sweep_dir).as_posix()
