@@ -113,3 +113,22 @@ def test_keep_records_drops_weights(tmp_path: Path) -> None:
     assert not (dst / "0" / "draft_vocab.safetensors").exists()
     r = subprocess.run([str(script), str(tmp_path / "nope"), str(dst)], capture_output=True, text=True)
     assert r.returncode == 1 and "no such folder" in r.stderr and (dst / "0" / "metrics.json").exists()
+
+
+def test_tau_vs_samples_draws_the_vsd_curve(records: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The figure's series are split by swept config keys only: not by the page's own derived columns (S
+    repeats loss.num_samples), and not by a key that older records lack (added to the config later)."""
+    old = next(records.glob("paper-vsd-0-16-*"))  # written before the key below existed
+    for f in records.glob("*/config.json"):
+        cfg = json.loads(f.read_text())
+        if f.parent != old:
+            cfg.setdefault("decoding", {})["draft_dtype"] = "float32"
+        f.write_text(json.dumps(cfg))
+    figs = {}
+    monkeypatch.setattr(
+        results, "save_figure", lambda fig, out, name: [figs.setdefault(name, fig) and Path(f"{name}.png")]
+    )
+    df = results.load(records)
+    results.figures(df, records / "figs")
+    labels = figs["tau_vs_samples"].axes[0].get_legend_handles_labels()[1]
+    assert "VSD" in labels and len([x for x in labels if x.startswith("VSD")]) == 1

@@ -255,12 +255,14 @@ NOT_SWEPT_PREFIX = ("paths.", "tracker.", "extra.")
 
 
 def swept_keys(df: pd.DataFrame) -> list[str]:
-    """Config columns whose value varies between runs (seeds and paths excluded): the experiment's factors."""
+    """Config columns whose value varies between runs (seeds and paths excluded): the experiment's factors.
+    A key missing from some records (added to the config after they were written) varies only if the runs
+    that have it disagree."""
     keys = []
     for c in config_columns(df):
         if c in NOT_SWEPT or c.startswith(NOT_SWEPT_PREFIX):
             continue
-        if df[c].astype(str).nunique(dropna=False) > 1:
+        if df[c].dropna().astype(str).nunique() > 1:
             keys.append(c)
     return keys
 

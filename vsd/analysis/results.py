@@ -269,7 +269,8 @@ def figures(df: pd.DataFrame, out: Path) -> dict[str, str]:
         "speedup_vs_bound": (plot_speedup_vs_bound, _main_rows(t0, 0.0)),
     }
     for name, (fn, data) in plots.items():
-        data = data.assign(method=data["row"])
+        # the page's derived columns are not config keys: "S" repeats loss.num_samples, "row" is the method
+        data = data.assign(method=data["row"]).drop(columns=["row", "S"])
         try:
             paths = save_figure(fn(data), out, name)
         except MissingData:
