@@ -34,6 +34,19 @@ def write_mtbench(path: str) -> None:
     print(f"wrote {len(rows)} MT-Bench test-split prompts to {path}")
 
 
+def _tree_spec(text: str) -> tuple[int, int, int]:
+    """``--trees`` item DEPTH,TOP_K,TOTAL_TOKENS -> ints; anything else is argparse's one-line error."""
+    try:
+        d, k, n = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected DEPTH,TOP_K,TOTAL_TOKENS, e.g. 6,10,60"
+        ) from None
+    if min(d, k, n) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every number must be >= 1")
+    return d, k, n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts")
@@ -49,6 +62,7 @@ def main() -> None:
         "--trees",
         nargs="*",
         default=[],
+        type=_tree_spec,
         help="extra graphed EAGLE-3 tree rows, each DEPTH,TOP_K,TOTAL_TOKENS (e.g. 6,10,60)",
     )
     ap.add_argument(
@@ -108,8 +122,7 @@ def main() -> None:
             ("eagle3_tree_graph", "eagle3", dataclasses.replace(base, capture="cuda_graph")),
             ("eagle3_chain_graph", "eagle3", dataclasses.replace(chain, capture="cuda_graph")),
         ]
-        for spec in args.trees:
-            d, k, n = (int(v) for v in spec.split(","))
+        for d, k, n in args.trees:
             tree = dataclasses.replace(base, capture="cuda_graph", depth=d, top_k=k, total_tokens=n)
             methods.append((f"eagle3_tree_graph_d{d}k{k}n{n}", "eagle3", tree))
         if args.bf16_draft:

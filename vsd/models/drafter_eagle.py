@@ -22,6 +22,7 @@ from vsd.decoding.drafter import DraftTree
 from vsd.decoding.tree import NodePool, build_dynamic_tree, max_pool_nodes, tree_budget
 from vsd.models.draft import DraftHead
 from vsd.models.draft_runner import EagerDraftRunner, GraphDraftRunner
+from vsd.runtime import resolve_dtype
 
 
 class EagleDrafter:
@@ -56,7 +57,7 @@ class EagleDrafter:
         if name == "target":
             dtype = self.target_dtype or self.head.fc.weight.dtype
         else:
-            dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+            dtype = resolve_dtype(name, "hf", str(self.device))  # the project's one name -> dtype map
         if dtype not in self._heads:
             self._heads[dtype] = copy.deepcopy(self.head).to(dtype)
         return self._heads[dtype]
