@@ -95,7 +95,10 @@ def test_slurm_step_variables_become_torch_env(monkeypatch):
 
     keys = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     for key in (*keys, "SUBMITIT_EXECUTOR"):
-        monkeypatch.delenv(key, raising=False)
+        # set, then delete: monkeypatch then restores each key's original state (absent too) even when an
+        # assertion fails, so no exported rank leaks into later tests
+        monkeypatch.setenv(key, "unset")
+        monkeypatch.delenv(key)
     slurm = {"SLURM_JOB_ID": "17", "SLURM_NTASKS": "4", "SLURM_JOB_NUM_NODES": "1", "SLURM_NODEID": "0"}
     for k, v in {**slurm, "SLURM_JOB_NODELIST": "node7", "SLURM_PROCID": "1", "SLURM_LOCALID": "1"}.items():
         monkeypatch.setenv(k, v)
@@ -107,5 +110,3 @@ def test_slurm_step_variables_become_torch_env(monkeypatch):
     trainer._torch_env_from_job()
     got = {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
     assert got == {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "node7"}
-    for k in keys:  # monkeypatch restores only what it set
-        os.environ.pop(k, None)
