@@ -203,3 +203,19 @@ def test_real_target_features(default_target, tmp_path):
     it = CachedFeatures(fd).get(0)
     assert it["features"].shape == (len(it["input_ids"]), 3 * 576) and it["target_hidden"].shape[1] == 576
     assert fs["size_mb"] * 2**20 / fs["tokens"] == pytest.approx(4613, rel=0.05)
+
+
+def test_batched_features_match_batch_one(tiny_target, dataset_dir, tmp_path, small_shards):
+    """train.features_batch_size > 1: right padding leaves every real position's values (fp32 model, stored
+    in bf16) as the batch-1 forward gives them; the cache key differs, so the two caches never mix."""
+    d1, _ = build_features(tiny_target, dataset_dir, tmp_path / "cache", progress=False)
+    d4, st = build_features(tiny_target, dataset_dir, tmp_path / "cache", progress=False, batch_size=4)
+    assert d1 != d4 and st["sequences"] == 5 and st["lm_head_max_abs_diff"] == 0.0
+    one, four = CachedFeatures(d1), CachedFeatures(d4)
+    seqs = load_sequences(dataset_dir)
+    assert len({len(s["input_ids"]) for s in seqs}) > 1  # the batches really are padded
+    for i in range(len(seqs)):
+        a, b = one.get(i), four.get(i)
+        assert torch.equal(a["input_ids"], b["input_ids"])
+        for k in ("features", "target_hidden"):
+            torch.testing.assert_close(a[k].float(), b[k].float(), rtol=1e-2, atol=1e-2)

@@ -10,7 +10,14 @@ from vsd.config.schema import EvalConfig
 from vsd.errors import UserError
 from vsd.evaluation import prompts as P
 
-EXPECTED = {"mt_bench": 80, "coding": 164, "math": P.MATH_POOL_SIZE, "qa": 600, "translation": 1012}
+EXPECTED = {
+    "mt_bench": 80,
+    "coding": 164,
+    "math": P.MATH_POOL_SIZE,
+    "qa": 600,
+    "translation": 1012,
+    "summarisation": 698,
+}
 
 
 @pytest.mark.parametrize("category", sorted(EXPECTED))
@@ -35,6 +42,10 @@ def test_prompt_texts_are_what_the_set_says():
     tr = P.load_category("translation")[0]
     assert "Malay" in tr["turns"][0] and "4-month-old mice" in tr["turns"][0]
     assert P.load_category("qa")[0]["turns"] == ["What is the name of the first animal to land on the moon?"]
+    su = P.load_category("summarisation")
+    assert su[0]["turns"][0].startswith(P.SUMMARISATION_INSTRUCTION) and "Voges" in su[0]["turns"][0]
+    lo, hi = P.SUMMARISATION_WORDS
+    assert all(lo <= len(r["raw"].split()) <= hi for r in su)
 
 
 def test_splits_disjoint_deterministic_and_cover_everything():

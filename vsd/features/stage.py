@@ -23,7 +23,9 @@ def run(ctx: Any) -> dict[str, float]:
             "stages: the features stage needs the data stage before it (stages=[data,features,...])"
         )
     t0 = time.time()
-    d, st = build_features(ctx.target, ctx.artifacts["dataset_dir"], ctx.cache_dir)
+    d, st = build_features(
+        ctx.target, ctx.artifacts["dataset_dir"], ctx.cache_dir, batch_size=ctx.cfg.train.features_batch_size
+    )
     ctx.artifacts["features_dir"] = d
     ctx.record.update(
         features={"dir": str(d), **{k: st[k] for k in ("size_mb", "reused", "tokens", "shards")}}
