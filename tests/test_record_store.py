@@ -158,6 +158,13 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, capsys: pytest
     (tmp_path / "bad" / "0" / "config.json").write_text("{oops")
     assert keep.main([str(tmp_path / "bad"), str(dst)]) == 1 and "bad/0/config.json" in err()
     assert not dst.exists() and not list(tmp_path.glob(".dst*"))
+    write_run(tmp_path / "tune" / "0")
+    (tmp_path / "tune" / "study.db").write_bytes(b"not a database")
+    assert (
+        keep.main([str(tmp_path / "tune"), str(dst)]) == 1
+        and "study.db: cannot read it as an Optuna" in err()
+    )
+    assert not dst.exists() and not list(tmp_path.glob(".dst*"))
     # a folder that is not a compact part is never replaced
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.md").write_text("x")
@@ -168,6 +175,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, capsys: pytest
     assert (
         keep.main([str(tmp_path / "ok"), str(dst)]) == 0 and keep.main([str(tmp_path / "ok"), str(dst)]) == 0
     )
+    assert sorted(p.name for p in dst.iterdir()) == [PART_FILE, RUNS_FILE]
+    assert keep.main([str(dst), str(dst)]) == 1 and "holds compact records already" in err()  # not twice
     assert sorted(p.name for p in dst.iterdir()) == [PART_FILE, RUNS_FILE]
 
 

@@ -283,6 +283,8 @@ def compact(src: str | Path, dst: str | Path) -> Compacted:
     if dst.exists() and dst.resolve() != src.resolve():
         if not dst.is_dir() or (any(dst.iterdir()) and not (dst / RUNS_FILE).is_file()):
             raise RecordError(f"{dst}: exists and is not a compact records folder; not replacing it")
+    if already := next(src.rglob(RUNS_FILE), None):
+        raise RecordError(f"{already}: {src} holds compact records already; compact raw run folders only")
     run_dirs = [d for d in find_run_dirs(src) if (d / "run.json").is_file()]
     if not run_dirs:
         raise RecordError(f"{src}: no run records (no run.json below it)")
@@ -297,7 +299,10 @@ def compact(src: str | Path, dst: str | Path) -> Compacted:
         if skipped:
             out.dropped[skipped + "/"] += 1
         elif f.suffix == ".db" and owner is None:
-            trials += optuna_trials(f, rel)
+            try:
+                trials += optuna_trials(f, rel)
+            except Exception as e:  # sqlalchemy/optuna errors: not an Optuna study, or a corrupt one
+                raise RecordError(f"{f}: cannot read it as an Optuna study ({type(e).__name__})") from None
             out.kept += 1
         elif f.stat().st_size == 0:
             out.dropped["empty"] += 1
@@ -309,21 +314,26 @@ def compact(src: str | Path, dst: str | Path) -> Compacted:
     out.notes += [str(p) for p in problems]
     out.runs, out.trials = len(runs), len(trials)
 
+    # written beside dst, then swapped in: an error leaves dst as it was
     tmp = dst.with_name(f".{dst.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    with open(tmp / RUNS_FILE, "w", encoding="utf-8") as fh:
-        for d, files in runs.items():
-            row = {
-                "path": d.relative_to(src).as_posix(),
-                "files": {k: files[k] for k in sorted(files, key=_file_key)},
-            }
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    meta = {"format": FORMAT, "dropped": dict(sorted(out.dropped.items())), "files": part}
-    (tmp / PART_FILE).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    if trials:
-        with open(tmp / TRIALS_FILE, "w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(t, ensure_ascii=False) + "\n" for t in trials)
+    try:
+        with open(tmp / RUNS_FILE, "w", encoding="utf-8") as fh:
+            for d, files in runs.items():
+                row = {
+                    "path": d.relative_to(src).as_posix(),
+                    "files": {k: files[k] for k in sorted(files, key=_file_key)},
+                }
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        meta = {"format": FORMAT, "dropped": dict(sorted(out.dropped.items())), "files": part}
+        (tmp / PART_FILE).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        if trials:
+            with open(tmp / TRIALS_FILE, "w", encoding="utf-8") as fh:
+                fh.writelines(json.dumps(t, ensure_ascii=False) + "\n" for t in trials)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if dst.exists():
         shutil.rmtree(dst)
     tmp.rename(dst)
