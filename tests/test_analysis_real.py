@@ -5,17 +5,20 @@ baseline, VSD at S = 1, 2 and VSD without CAR at S = 2, each over seeds 0 and 1 
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.test_analysis_notebooks import NOTEBOOKS, execute_notebook
 from vsd.analysis import aggregate, collect_prompts, collect_runs, collect_train_logs
 from vsd.analysis.make_figures import make_all
 from vsd.analysis.plots import FIGURES
+from vsd.analysis.record_store import compact
 from vsd.analysis.tables import TABLES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,3 +78,25 @@ def test_real_sweep_notebooks(
 ) -> None:
     files = execute_notebook(path, real_runs, tmp_path / "figs", monkeypatch)
     assert any(f.suffix == ".png" and f.stat().st_size > 1000 for f in files), files
+
+
+@pytest.mark.slow
+def test_real_sweep_compacted_collects_the_same_frames(
+    real_runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """keep_records.sh's compaction of each real sweep (Hydra's .hydra/ and multirun.yaml, draft weights,
+    sweep_summary.json), collected, gives the raw records' frames: runs, per-prompt rows, training logs."""
+    for side in ("raw", "kept"):
+        shutil.copytree(real_runs, tmp_path / side / "runs")
+    for sweep in sorted((tmp_path / "kept" / "runs").iterdir()):
+        done = compact(sweep, sweep)
+        assert done.dropped[".hydra/"] > 0 and done.dropped["draft/"] > 0 and not done.notes
+    kept = [p.name for p in (tmp_path / "kept").rglob("*") if p.is_file()]
+    assert sorted(set(kept)) == ["part.json", "runs.jsonl"] and len(kept) == 2 * len(SWEEPS)
+    frames = {}
+    for side in ("raw", "kept"):
+        monkeypatch.chdir(tmp_path / side)  # relative paths: run_dir and run_id compare equal too
+        frames[side] = [collect_runs("runs"), collect_prompts("runs"), collect_train_logs("runs")]
+    for raw, kept_frame in zip(frames["raw"], frames["kept"]):
+        assert len(raw) > 0
+        pd.testing.assert_frame_equal(raw, kept_frame)

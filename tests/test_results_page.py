@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_analysis_fixture import write_run
-from vsd.analysis import results
+from vsd.analysis import collect_runs, results
 
 
 def _run(
@@ -98,22 +98,32 @@ def test_bad_input_is_one_line(records: Path, tmp_path: Path, capsys: pytest.Cap
     assert page.read_text() == "# no markers\n"
 
 
-def test_keep_records_drops_weights(tmp_path: Path) -> None:
+def test_keep_records_keeps_the_compact_form_without_weights(tmp_path: Path) -> None:
     import subprocess
 
-    src = tmp_path / "multirun" / "0"
-    (src / "draft").mkdir(parents=True)
+    src = write_run(tmp_path / "multirun" / "0")
+    (src / "draft").mkdir()
     (src / "draft" / "model.safetensors").write_bytes(b"x" * 10)
     (src / "draft_vocab.safetensors").write_bytes(b"x")
-    (src / "metrics.json").write_text("{}")
+    (src / ".hydra").mkdir()
+    (src / ".hydra" / "overrides.yaml").write_text("- loss=vsd\n")
+    (tmp_path / "multirun" / "multirun.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
     script = Path(__file__).resolve().parents[1] / "scripts" / "keep_records.sh"
     dst = tmp_path / "kept"
     r = subprocess.run([str(script), str(tmp_path / "multirun"), str(dst)], capture_output=True, text=True)
-    assert r.returncode == 0 and "kept 1 run records" in r.stdout
-    assert (dst / "0" / "metrics.json").exists() and not (dst / "0" / "draft").exists()
-    assert not (dst / "0" / "draft_vocab.safetensors").exists()
+    assert r.returncode == 0 and "kept 1 run records" in r.stdout, r.stderr
+    assert sorted(p.name for p in dst.iterdir()) == ["part.json", "runs.jsonl"]
+    row = json.loads((dst / "runs.jsonl").read_text())
+    assert row["path"] == "0" and row["files"]["metrics.json"] == json.loads(
+        (src / "metrics.json").read_text()
+    )
+    assert not any("draft" in name or ".hydra" in name for name in row["files"])
+    assert json.loads((dst / "part.json").read_text())["files"]["multirun.yaml"] == {
+        "hydra": {"mode": "MULTIRUN"}
+    }
+    assert collect_runs(dst)["run_dir"].tolist() == [str(dst / "0")]  # read as the raw folder was
     r = subprocess.run([str(script), str(tmp_path / "nope"), str(dst)], capture_output=True, text=True)
-    assert r.returncode == 1 and "no such folder" in r.stderr and (dst / "0" / "metrics.json").exists()
+    assert r.returncode == 1 and "no such folder" in r.stderr and (dst / "runs.jsonl").exists()
 
 
 def test_tau_vs_samples_draws_the_vsd_curve(records: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,10 +1,12 @@
 """Run records -> tidy pandas DataFrames (one row per run, per prompt turn, per training log step).
 
 A run directory is any folder holding ``run.json`` (see vsd/records.py); single runs live under
-``outputs/<run_name>/<timestamp>/`` and multirun jobs under ``multirun/<timestamp>/<job_num>/``, and both are
-found by a recursive search. Folders that look like a run but cannot be read (no or corrupt ``run.json`` /
-``config.json``, a completed run without a readable ``metrics.json``) are reported by name, as a warning and
-in ``df.attrs["problems"]``, and skipped. Failed and unfinished runs are kept, marked by ``status``/``error``.
+``outputs/<run_name>/<timestamp>/`` and multirun jobs under ``multirun/<timestamp>/<job_num>/``; both are found
+by a recursive search, and so are compacted runs (lines of a part's ``runs.jsonl``, the form docs/records keeps
+them in: vsd/analysis/record_store.py), which give the same rows. Folders that look like a run but cannot be
+read (no or corrupt ``run.json`` / ``config.json``, a completed run without a readable ``metrics.json``) are
+reported by name, as a warning and in ``df.attrs["problems"]``, and skipped. Failed and unfinished runs are
+kept, marked by ``status``/``error``.
 
 Columns of :func:`collect_runs`: the flattened resolved config (``loss.num_samples``, ``decoding.mode``, ...),
 the run fields in :data:`RUN_COLUMNS`, and every metric of ``metrics.json`` (``eval/tau``, ...). Config
@@ -16,14 +18,20 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-# Record files whose presence marks a folder as (a piece of) a run directory.
-RECORD_FILES = ("run.json", "config.json", "metrics.json", "eval.jsonl", "train_log.jsonl")
+from vsd.analysis.record_store import (  # noqa: F401  (RECORD_FILES, find_run_dirs: re-exported)
+    RECORD_FILES,
+    Problem,
+    StoredRun,
+    _as_paths,
+    find_run_dirs,
+    find_runs,
+    open_run,
+)
 
 RUN_COLUMNS = (
     "run_id",
@@ -49,17 +57,6 @@ RUN_COLUMNS = (
 # Loss keys that only matter for VSD: an EAGLE-3 run's values are inert defaults, so labels omit them.
 VSD_ONLY_PREFIX = "loss."
 EAGLE3_LOSS_KEYS = ("loss.name", "loss.ttt_steps", "loss.step_decay")
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A folder that looked like a run record but could not be read."""
-
-    path: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -104,50 +101,6 @@ def method_label(cfg: Mapping[str, Any]) -> str:
     return " ".join(["VSD", *[f"−{o}" for o in off]])
 
 
-def _read_json(path: Path) -> Any:
-    with open(path) as fh:
-        return json.load(fh)
-
-
-def _read_jsonl(path: Path, problems: list[Problem]) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; an unreadable line (e.g. a half-written last line) is reported and skipped."""
-    rows = []
-    with open(path) as fh:
-        for i, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                problems.append(Problem(f"{path}:{i}", f"corrupt JSONL line skipped ({e.msg})"))
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
-
-
-def _as_paths(paths: str | Path | Iterable[str | Path]) -> list[Path]:
-    if isinstance(paths, (str, Path)):
-        return [Path(paths)]
-    return [Path(p) for p in paths]
-
-
-def find_run_dirs(paths: str | Path | Iterable[str | Path]) -> list[Path]:
-    """Every folder under ``paths`` (recursively, itself included) that holds any run-record file."""
-    found: set[Path] = set()
-    for root in _as_paths(paths):
-        if not root.exists():
-            raise FileNotFoundError(f"runs folder not found: {root}")
-        for name in RECORD_FILES:
-            for f in root.rglob(name):
-                # Hydra's own folder and W&B's offline folders hold no vsd records.
-                if not any(part in (".hydra", "wandb") for part in f.relative_to(root).parts[:-1]):
-                    found.add(f.parent)
-    # Folders inside a run directory (e.g. the draft checkpoint's config.json) belong to that run.
-    runs = {d for d in found if (d / "run.json").is_file()}
-    return sorted(d for d in found if not any(p in runs for p in d.parents))
-
-
 def _run_id(run_dir: Path, roots: list[Path]) -> str:
     for r in roots:
         try:
@@ -158,30 +111,30 @@ def _run_id(run_dir: Path, roots: list[Path]) -> str:
     return str(run_dir)
 
 
-def _load_run(run_dir: Path, roots: list[Path], problems: list[Problem]) -> dict[str, Any] | None:
+def _load_run(src: StoredRun, roots: list[Path], problems: list[Problem]) -> dict[str, Any] | None:
     """One run's row, or None (and a Problem) when its records are corrupt or partial."""
-    name = str(run_dir)
-    if not (run_dir / "run.json").is_file():
+    run_dir, name = src.run_dir, str(src.run_dir)
+    if not src.has("run.json"):
         problems.append(Problem(name, "partial run folder: no run.json"))
         return None
     try:
-        run = _read_json(run_dir / "run.json")
+        run = src.read_json("run.json")
         if not isinstance(run, dict) or "status" not in run:
             raise ValueError("run.json has no 'status'")
     except (OSError, ValueError) as e:
         problems.append(Problem(name, f"corrupt run.json ({e})"))
         return None
     try:
-        config = _read_json(run_dir / "config.json")
+        config = src.read_json("config.json")
         if not isinstance(config, dict):
             raise ValueError("config.json is not an object")
     except (OSError, ValueError) as e:
         problems.append(Problem(name, f"missing or corrupt config.json ({e})"))
         return None
     metrics: dict[str, Any] = {}
-    if (run_dir / "metrics.json").is_file() or run["status"] == "completed":
+    if src.has("metrics.json") or run["status"] == "completed":
         try:
-            metrics = _read_json(run_dir / "metrics.json")
+            metrics = src.read_json("metrics.json")
             if not isinstance(metrics, dict):
                 raise ValueError("metrics.json is not an object")
         except (OSError, ValueError) as e:
@@ -232,7 +185,7 @@ def collect_runs(paths: str | Path | Iterable[str | Path], warn: bool = True) ->
     """
     roots = _as_paths(paths)
     problems: list[Problem] = []
-    rows = [r for d in find_run_dirs(roots) if (r := _load_run(d, roots, problems)) is not None]
+    rows = [r for src in find_runs(roots, problems) if (r := _load_run(src, roots, problems)) is not None]
     if warn:
         _report(problems)
     df = _frame(rows, problems)
@@ -279,11 +232,11 @@ def _side_rows(
     cols = ["run_id", "method", "seed", "status", *(key_cols if key_cols is not None else swept_keys(runs))]
     rows: list[dict[str, Any]] = []
     for _, run in runs.iterrows():
-        path = Path(run["run_dir"]) / filename
-        if not path.is_file():
+        src = open_run(run["run_dir"])
+        if not src.has(filename):
             continue
         ident = {c: run[c] for c in cols if c in runs.columns}
-        for i, r in enumerate(_read_jsonl(path, problems)):
+        for i, r in enumerate(src.read_jsonl(filename, problems)):
             rows.append({**ident, "line": i, **flatten(r)})
     if warn:
         _report(problems)

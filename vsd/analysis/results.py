@@ -4,16 +4,16 @@
 
 Rewrites only the block between the page's ``<!-- generated:begin -->`` / ``<!-- generated:end -->`` markers
 (the conclusions around it are written by hand, after reading the tables) and the figures. Every number comes
-from a run record (``metrics.json`` + ``config.json`` + ``run.json``); rows are the experiment configs'
-``run_name``s. CIs are 95% t intervals over seeds; VSD − EAGLE-3 differences are paired by seed (same base
-draft, same data order, same prompts).
+from a run record (``metrics.json`` + ``config.json`` + ``run.json``; raw folders or the compacted parts of
+docs/records, vsd/analysis/record_store.py); rows are the experiment configs' ``run_name``s. CIs are 95% t
+intervals over seeds; VSD − EAGLE-3 differences are paired by seed (same base draft, same data order, same
+prompts).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +29,7 @@ from vsd.analysis.plots import (
     plot_tau_vs_samples,
     save_figure,
 )
+from vsd.analysis.record_store import open_run
 from vsd.config import compose
 
 BEGIN, END = "<!-- generated:begin -->", "<!-- generated:end -->"
@@ -241,7 +242,7 @@ def search_table(val: pd.DataFrame) -> list[str]:
 def provenance(df: pd.DataFrame) -> list[str]:
     machines, versions, digests = set(), set(), set()
     for d in df["run_dir"]:
-        rj = json.loads((Path(d) / "run.json").read_text())
+        rj = open_run(d).read_json("run.json")
         digests.add(rj.get("code_digest") or "not recorded")
         m = rj.get("machine", {})
         machines.add(

@@ -1,0 +1,63 @@
+"""The run records kept in the repo (docs/records/README.md): a file budget, no pickles or databases, every
+record readable in the compact form, every records path the docs name present, and the results page
+regenerating from them unchanged (what `make results` does)."""
+
+from __future__ import annotations
+
+import glob
+import re
+import shutil
+from pathlib import Path
+
+from vsd.analysis import collect_runs, find_run_dirs, results
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORDS = ROOT / "docs" / "records"
+BUDGET = 300  # files under docs/records (issue 20: it once held 1,649 of the repo's 1,872)
+BANNED = (".pkl", ".db", ".sqlite", ".safetensors", ".pt", ".bin")
+DOCS = [ROOT / "README.md", ROOT / "sweeps" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_records_stay_within_the_file_budget_without_pickles_or_databases() -> None:
+    files = [p.relative_to(RECORDS) for p in RECORDS.rglob("*") if p.is_file()]
+    assert len(files) <= BUDGET, (
+        f"docs/records holds {len(files)} files (budget {BUDGET}); keep records compact"
+    )
+    banned = [str(f) for f in files if f.suffix in BANNED or {".hydra", ".submitit"} & set(f.parts)]
+    assert banned == [], f"docs/records must not hold pickles, databases, weights or .hydra/ copies: {banned}"
+
+
+def test_every_kept_record_reads_in_the_compact_form() -> None:
+    runs = collect_runs(RECORDS, warn=False)
+    assert [str(p) for p in runs.attrs["problems"]] == []
+    assert len(runs) >= 135 and runs["git_sha"].notna().all()  # the 135 runs kept when converted
+    assert find_run_dirs(RECORDS) == []  # nothing raw left: keep_records.sh writes the compact form
+
+
+def test_every_records_path_named_in_the_docs_exists() -> None:
+    missing = []
+    for doc in DOCS:
+        for m in re.finditer(r"docs/records[\w./*-]*", doc.read_text()):
+            path = m.group(0).rstrip(".")
+            if any(part.isupper() for part in Path(path).parts):  # a placeholder such as .../cpu/NAME
+                path = str(Path(path).parent)
+            if not (glob.glob(str(ROOT / path)) if "*" in path else (ROOT / path).exists()):
+                missing.append(f"{doc.relative_to(ROOT)}: {path}")
+    assert missing == []
+
+
+def test_results_page_regenerates_unchanged(tmp_path: Path) -> None:
+    """Both commands of `make results`, into a copy of the page: the page and every figure are byte-identical
+    to the committed ones (~3 s)."""
+    page = tmp_path / "docs" / "results.md"
+    page.parent.mkdir()
+    shutil.copy(ROOT / "docs" / "results.md", page)
+    for part, block in (("cpu", []), ("gpu", ["--block", "gpu"])):
+        args = ["--runs", str(RECORDS / "paper" / part), "--page", str(page)]
+        assert results.main([*args, "--figures", str(tmp_path / "docs" / "results" / part), *block]) == 0
+    assert page.read_text() == (ROOT / "docs" / "results.md").read_text()
+    made = sorted(p.relative_to(tmp_path) for p in (tmp_path / "docs" / "results").rglob("*.*"))
+    committed = sorted(p.relative_to(ROOT) for p in (ROOT / "docs" / "results").rglob("*.*"))
+    assert made == committed and len(made) == 12
+    for rel in made:
+        assert (tmp_path / rel).read_bytes() == (ROOT / rel).read_bytes(), rel
