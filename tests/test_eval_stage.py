@@ -59,3 +59,30 @@ def test_eval_stage_ngram_tiny(tmp_path):
     assert saved["eval/tau"] == pytest.approx(metrics["eval/tau"])
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["status"] == "completed" and run["eval_info"]["turns"] == 2
+
+
+def test_reference_eval_equals_decoded_eval_on_a_trained_draft(tmp_path):
+    """eval.method=reference gives the decoded eval's tau and per-step counts (fp32 tiny target), and caches the
+    greedy continuations: a second draft's reference eval generates nothing."""
+    base = ["experiment=smoke", "eval.per_category=2", "decoding.max_new_tokens=24", "threads=1"]
+    threads = torch.get_num_threads()
+    try:
+        dec = execute(compose(base)[0][0], tmp_path / "dec")
+        draft = tmp_path / "dec" / "draft"
+        common = [*base, "stages=[eval]", f"draft.checkpoint={draft}", "eval.method=reference"]
+        ref = execute(compose(common)[0][0], tmp_path / "ref")
+    finally:
+        torch.set_num_threads(threads)
+    rd = [json.loads(x) for x in (tmp_path / "dec" / "eval.jsonl").read_text().splitlines()]
+    rr = [json.loads(x) for x in (tmp_path / "ref" / "eval.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["turn"]) for r in rd] == [(r["id"], r["turn"]) for r in rr]
+    for a, b in zip(rd, rr):
+        assert b["method"] == "reference" and b["ar"] is None
+        for k in ("tree_depth", "drafted", "target_forwards", "new_tokens"):
+            assert a["spec"][k] == b["spec"][k], k
+        # the final step: the engine also counts draft tokens past the end that are then cut off
+        assert a["spec"]["accepted"][:-1] == b["spec"]["accepted"][:-1]
+        assert a["spec"]["accepted"][-1] >= b["spec"]["accepted"][-1]
+    assert ref["eval/tau"] == pytest.approx(dec["eval/tau"]) and "eval/speedup" not in ref
+    with pytest.raises(Exception, match="eval.method"):
+        compose([*common, "decoding.temperature=1.0"])

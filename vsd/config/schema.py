@@ -228,8 +228,12 @@ class EvalConfig:
     ar_baseline: bool = True  # plain AR of the same prompts in the same process (needed for speedup)
     peers: list[str] = field(default_factory=lambda: ["hf_prompt_lookup"])  # hf_prompt_lookup | hf_assisted
     max_turns: int = 2
+    # decode: run AR, speculative decoding and peers (speed and acceptance); reference: T=0 acceptance only,
+    # from the target's cached greedy continuations and every anchor's draft tree (vsd/evaluation/reference.py)
+    method: str = "decode"
 
     def __post_init__(self) -> None:
+        _choice("eval.method", self.method, ("decode", "reference"))
         _choice(
             "eval.suite",
             self.suite,
@@ -368,6 +372,14 @@ class Config:
                     "loss=vsd needs a warm start: set train.init_from=<EAGLE-3 draft dir> or "
                     "loss.vsd_start_step>0 (or loss.require_warm_start=false)",
                 )
+        if self.eval.method == "reference" and (
+            self.decoding.temperature > 0 or self.decoding.drafter != "eagle3"
+        ):
+            raise ConfigError(
+                "eval.method",
+                "reference measures T=0 acceptance of an eagle3 draft; use eval.method=decode for "
+                f"decoding.temperature={self.decoding.temperature}, decoding.drafter={self.decoding.drafter}",
+            )
         if "train" not in self.stages and "eval" in self.stages and self.decoding.drafter == "eagle3":
             if not self.draft.checkpoint:
                 raise ConfigError("draft.checkpoint", "stages without train need draft.checkpoint=<dir>")

@@ -37,6 +37,36 @@ def make_drafter(ctx) -> Any:
     return load_draft(Path(where).expanduser(), ctx.target)
 
 
+def _run_reference(ctx, records: list[dict], drafter) -> dict[str, float]:
+    """``eval.method=reference``: T=0 acceptance from the target's cached greedy continuations (no timing)."""
+    from vsd.evaluation.reference import build_references, reference_rows
+    from vsd.records import append_jsonl
+
+    cfg = ctx.cfg
+    refs = build_references(ctx.target, records, cfg.decoding, cfg.eval, ctx.cache_dir)
+    rows = reference_rows(drafter.head, ctx.target, refs, cfg.decoding)
+    out = Path(ctx.run_dir) / "eval.jsonl"
+    out.unlink(missing_ok=True)
+    for row in rows:
+        append_jsonl(out, row)
+    metrics = {k: v for k, v in compute_metrics(rows).items() if v == v}  # no timing: drop the NaN rates
+    metrics["eval/reference"] = 1.0
+    ctx.record.update(
+        eval_info={
+            "suite": cfg.eval.suite,
+            "split": cfg.eval.split,
+            "method": "reference",
+            "prompts": len(records),
+            "turns": len(rows),
+            "drafter": cfg.decoding.drafter,
+            "draft_dir": str(ctx.artifacts.get("draft_dir") or cfg.draft.checkpoint or ""),
+        }
+    )
+    ctx.tracker.log(metrics)
+    ctx.tracker.artifact(out, "eval-rows", "eval")
+    return metrics
+
+
 def assistant_for(ctx) -> tuple[Any, str]:
     """A same-tokenizer assistant for HF ``assistant_model=`` and, if none, the reason it is skipped."""
     return None, (
@@ -53,6 +83,8 @@ def run(ctx) -> dict[str, float]:
         raise UserError(f"eval.suite: {cfg.eval.suite} selected no prompts (check eval.categories)")
     target = ctx.target
     drafter = make_drafter(ctx)
+    if cfg.eval.method == "reference":
+        return _run_reference(ctx, records, drafter)
     assistant, skip_reason = (None, "")
     if "hf_assisted" in cfg.eval.peers:
         assistant, skip_reason = assistant_for(ctx)

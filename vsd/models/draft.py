@@ -134,6 +134,70 @@ class KVCache:
                 self.v[i] = self.v[i][:, :, :length]
 
 
+class AnchorTreeCache:
+    """Draft keys/values for many draft trees hanging off anchors of the same sequences (the VSD tree E-step
+    and the reference evaluator draft every anchor's tree at once, as decoding would one at a time).
+
+    The first ``step`` stores the step-0 K/V over every position (causal, ``key_padding_mask``) as the base:
+    position t is the committed entry [emb(x_{t+1}); fuse(h_t)]. Every later call adds tree nodes. Before it,
+    the caller sets ``limit`` (B, R) long (row r sees base positions <= limit[b, r], i.e. the anchor's committed
+    prefix) and ``ancestors`` (B, R, m) long (node-store slots of the row's tree ancestors, -1 = none). The new
+    rows' K/V go to the node store at slots [size, size + R), and each row also sees itself. Attention costs
+    R x (T + m + 1) per call, not the (R + T)^2 of one big tree mask.
+    """
+
+    def __init__(self, num_layers: int, key_padding_mask: torch.Tensor | None = None):
+        self.base: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * num_layers
+        self.nodes: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * num_layers
+        self.key_padding_mask = key_padding_mask  # (B, T) bool, True = real token
+        self.limit: torch.Tensor | None = None
+        self.ancestors: torch.Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        """Tree nodes stored so far (slots 0..size-1)."""
+        return 0 if self.nodes[0] is None else self.nodes[0][0].shape[2]
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int) -> torch.Tensor:
+        if self.base[layer] is None:  # step 0: causal over the positions
+            self.base[layer] = (k, v)
+            return _dense_attention(q, k, v, self.key_padding_mask)
+        assert self.limit is not None and self.ancestors is not None, "set limit and ancestors first"
+        rep = q.shape[1] // k.shape[1]
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        k0, v0 = (_repeat_kv(x, rep) for x in self.base[layer])  # (B, nh, T, hd)
+        s0 = (q @ k0.transpose(-1, -2)) * scale  # (B, nh, R, T)
+        cols = torch.arange(k0.shape[2], device=q.device)
+        ok = cols[None, None, :] <= self.limit[:, :, None]
+        if self.key_padding_mask is not None:
+            ok = ok & self.key_padding_mask[:, None, :].bool()
+        neg = torch.finfo(s0.dtype).min
+        s0 = s0.masked_fill(~ok[:, None], neg)
+        parts_s, parts_v = [s0], []
+        anc = self.ancestors
+        if anc.shape[-1] and self.nodes[layer] is not None:
+            nk, nv = self.nodes[layer]  # (B, nkv, N, hd)
+            B, R, m = anc.shape
+            idx = anc.clamp(min=0).reshape(B, 1, R * m, 1).expand(B, nk.shape[1], R * m, nk.shape[3])
+            ak = _repeat_kv(nk.gather(2, idx).view(B, nk.shape[1], R, m, -1), rep)  # (B, nh, R, m, hd)
+            av = _repeat_kv(nv.gather(2, idx).view(B, nv.shape[1], R, m, -1), rep)
+            sa = (q.unsqueeze(-2) * ak).sum(-1) * scale  # (B, nh, R, m)
+            parts_s.append(sa.masked_fill((anc < 0)[:, None], neg))
+            parts_v.append(av)
+        kr, vr = _repeat_kv(k, rep), _repeat_kv(v, rep)
+        parts_s.append((q * kr).sum(-1, keepdim=True) * scale)  # itself
+        p = torch.softmax(torch.cat(parts_s, dim=-1).float(), dim=-1).to(q.dtype)
+        t0 = k0.shape[2]
+        out = p[..., :t0] @ v0 + p[..., -1:] * vr
+        if parts_v:
+            out = out + (p[..., t0:-1].unsqueeze(-1) * parts_v[0]).sum(-2)
+        prev = self.nodes[layer]
+        self.nodes[layer] = (
+            (k, v) if prev is None else (torch.cat([prev[0], k], dim=2), torch.cat([prev[1], v], dim=2))
+        )
+        return out
+
+
 # ------------------------------------------------------------------------------------------ layers
 class _MLP(nn.Module):
     def __init__(self, h: int, inter: int):
@@ -172,7 +236,7 @@ class DraftLayer(nn.Module):
         emb: torch.Tensor | None,
         rope: tuple[torch.Tensor, torch.Tensor],
         layer_idx: int,
-        cache: TTTCache | KVCache | None,
+        cache: TTTCache | KVCache | AnchorTreeCache | None,
         attn_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         b, t, _ = hidden.shape
@@ -186,6 +250,8 @@ class DraftLayer(nn.Module):
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         if isinstance(cache, TTTCache):
             o = _ttt_attention(q, k, v, cache, layer_idx, attn_mask)
+        elif isinstance(cache, AnchorTreeCache):
+            o = cache.attend(q, k, v, layer_idx)
         else:
             if cache is not None:  # KVCache, or the static-slot cache of the graph draft runner
                 k, v = cache.append(layer_idx, k, v)
@@ -305,7 +371,7 @@ class DraftHead(nn.Module):
         hidden: torch.Tensor,
         input_ids: torch.Tensor,
         position_ids: torch.Tensor,
-        cache: TTTCache | KVCache | None = None,
+        cache: TTTCache | KVCache | AnchorTreeCache | None = None,
         attn_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One draft step.
@@ -313,8 +379,9 @@ class DraftHead(nn.Module):
         hidden (B, T, H): fused target features (step 0) or the head's previous hidden output;
         input_ids (B, T) target-vocab ids of the tokens that follow those hiddens;
         position_ids (B|1, T) rotary positions.
-        cache: None (causal over the T positions), a :class:`TTTCache` (training-time test), or a
-        :class:`KVCache` (decoding; the new K/V are appended).
+        cache: None (causal over the T positions), a :class:`TTTCache` (training-time test), a
+        :class:`KVCache` (decoding; the new K/V are appended), or an :class:`AnchorTreeCache` (many anchors'
+        trees at once; its ``limit``/``ancestors`` set by the caller).
         attn_mask: (B, T_keys) bool key padding, or an additive (B|1, 1, T, T_keys) mask (tree attention;
         KVCache only), or None (causal).
         Returns (hidden_out (B, T, H) pre-norm, logits (B, T, V_d)).

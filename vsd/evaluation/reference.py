@@ -1,0 +1,202 @@
+"""``eval.method=reference``: T = 0 acceptance measured without decoding, from the target's own greedy output.
+
+At T = 0 speculative decoding is lossless: it emits the target's greedy continuation y, exactly what plain AR
+decoding emits. A verification step that starts with root y_i (anchor i: prefix y_<=i committed) drafts a tree
+that depends on that prefix alone, and accepts the longest tree path that spells y_{i+1}, y_{i+2}, ...; the
+step ends with the bonus token, so the next step starts at anchor i + L(i) + 1. Given y, every L(i) can
+therefore be computed at once, with the draft trees of ALL anchors drafted in one batched pass
+(:func:`vsd.models.tree_draft.grow_anchor_trees`) from the target features of y, and the steps the engine would
+take follow as a jump chain i -> i + L(i) + 1. The rows it writes carry the same per-step counts as the
+engine's (``accepted``, ``tree_depth``, ``drafted``, ``accepted_ranks``, ``calib``), so every acceptance metric
+(tau, alpha_k, accepted_not_top1, calibration) comes from the same code (vsd.evaluation.metrics) as for decoded
+rows; there is no timing, so no speedup. The tests hold it to the engine, step for step, in fp32. One count
+differs by definition: the final step's ``accepted`` stops at the last emitted token, where the engine also
+counts draft tokens past the end (after EOS or beyond max_new_tokens) that it then cuts off; tau, which counts
+emitted tokens and forwards, is the same.
+
+Why: the target's greedy continuation of each eval prompt is generated once (cached, shared by every draft)
+and each draft then costs a few batched draft passes instead of a decode, which makes evals with thousands of
+verification steps (enough to detect a few percent of tau) affordable. At T > 0 the output depends on the
+draft's own samples, so ``reference`` is T = 0 only; sampled decoding is measured with ``eval.method=decode``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+
+from vsd.config.schema import DecodingConfig, EvalConfig
+from vsd.data.shards import content_key, target_fingerprint
+from vsd.models.tree_draft import accepted_by_reference, grow_anchor_trees
+
+CALIB_BINS = 10
+REF_VERSION = 1  # bump when what is cached changes
+
+
+def reference_key(target: Any, records: list[dict], dcfg: DecodingConfig, ecfg: EvalConfig) -> str:
+    """What the greedy continuations depend on: the target's weights and numerics, the prompts, the budget."""
+    return content_key(
+        {
+            "version": REF_VERSION,
+            "target": target_fingerprint(target),
+            "dtype": str(target.dtype),
+            "device": target.device.type,
+            "capture": dcfg.capture,  # a graphed AR step rounds like the graphed decode, not like eager
+            "max_new_tokens": dcfg.max_new_tokens,
+            "max_turns": ecfg.max_turns,
+            "prompts": [(r["id"], r["turns"]) for r in records],
+        }
+    )
+
+
+def build_references(
+    target: Any,
+    records: list[dict],
+    dcfg: DecodingConfig,
+    ecfg: EvalConfig,
+    cache_dir: Path,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """The target's greedy continuation of every prompt turn, by the engine's plain AR decoding (so it is what
+    speculative decoding must emit), cached in ``{cache_dir}/references/<key>.pt``; MT-Bench turn 2 follows the
+    model's own turn-1 answer, as in ``eval.method=decode``. Returns one dict per turn:
+    ``{"id", "category", "turn", "prompt_ids", "new_ids"}``."""
+    import dataclasses
+
+    from tqdm.auto import tqdm
+
+    from vsd.decoding.engine import generate_ar
+
+    key = reference_key(target, records, dcfg, ecfg)
+    path = Path(cache_dir) / "references" / f"{key}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.exists():
+            return torch.load(path, weights_only=True)
+        greedy = dataclasses.replace(dcfg, temperature=0.0)
+        out: list[dict[str, Any]] = []
+        total = sum(min(len(r["turns"]), ecfg.max_turns) for r in records)
+        bar = tqdm(total=total, desc="references", unit="turn", disable=not progress, dynamic_ncols=True)
+        for rec in records:
+            messages: list[dict[str, str]] = []
+            for turn, text in enumerate(rec["turns"][: ecfg.max_turns]):
+                messages.append({"role": "user", "content": text})
+                ids = target.chat_ids(messages)
+                res = generate_ar(target, ids, greedy)
+                out.append(
+                    {
+                        "id": str(rec["id"]),
+                        "category": rec["category"],
+                        "turn": turn,
+                        "prompt_ids": list(ids),
+                        "new_ids": [int(t) for t in res.tokens],
+                    }
+                )
+                messages.append({"role": "assistant", "content": target.decode(list(res.tokens))})
+                bar.update(1)
+        bar.close()
+        tmp = path.with_suffix(".tmp")
+        torch.save(out, tmp)
+        tmp.replace(path)
+    return out
+
+
+def _calib_add(calib: dict[str, list[list[float]]], depth: int, conf: float, acc: bool) -> None:
+    b = min(int(conf * CALIB_BINS), CALIB_BINS - 1)
+    cell = calib.setdefault(str(depth), [[0, 0.0, 0] for _ in range(CALIB_BINS)])[b]
+    cell[0] += 1
+    cell[1] += conf
+    cell[2] += int(acc)
+
+
+@torch.no_grad()
+def reference_steps(
+    head: Any, target: Any, ref: dict[str, Any], dcfg: DecodingConfig, chunk: int = 256
+) -> dict[str, Any]:
+    """The engine's verification steps for one turn, from its greedy continuation ``ref``. Returns a ``spec``
+    run of eval.jsonl (``new_tokens``, ``target_forwards``, ``accepted``, ``drafted``, ``tree_depth``,
+    ``accepted_ranks``, ``calib``)."""
+    from vsd.decoding.tree import tree_budget
+
+    depth, k, total = tree_budget(dcfg)
+    prompt, new = ref["prompt_ids"], ref["new_ids"]
+    P, N = len(prompt), len(new)
+    run: dict[str, Any] = {
+        "new_tokens": N,
+        "target_forwards": 1,
+        "wall_s": 0.0,
+        "accepted": [],
+        "drafted": [],
+        "tree_depth": [],
+        "accepted_ranks": [],
+        "calib": {},
+    }
+    if N <= 1:
+        return run
+    dev = head.fc.weight.device
+    ids = torch.tensor([prompt + new], device=target.device)
+    feats = target.forward(ids, output_features=True).features.to(dev)
+    ids = ids.to(dev)
+    am = torch.ones_like(ids, dtype=torch.bool)
+    # anchors P .. P+N-2: a step can start at any generated token but the last
+    anchors = torch.arange(P, P + N - 1, device=dev)
+    seq = ids[0]
+    L: dict[int, tuple[int, list[int], list[tuple[int, float, bool]], int, int]] = {}
+    for s in range(0, anchors.numel(), chunk):
+        a = anchors[s : s + chunk][None]
+        trees = grow_anchor_trees(head, feats, ids, am, a, depth, k, total)
+        offs = a[0][:, None] + torch.arange(1, depth + 1, device=dev)[None]
+        reference = torch.where(offs < P + N, seq[offs.clamp(max=P + N - 1)], -1)[None]
+        acc = accepted_by_reference(trees, head.d2t, reference, depth)[0]
+        deps, pars, ranks = trees.depths[0], trees.parents[0], trees.ranks[0]
+        conf = trees.logq[0].exp()
+        for j in range(a.shape[1]):
+            aj = acc[j]
+            n_acc = int(deps[j][aj].max()) if bool(aj.any()) else 0
+            path = sorted((int(deps[j][i]), int(ranks[j][i])) for i in aj.nonzero()[:, 0].tolist())
+            par_ok = torch.where(pars[j] >= 0, aj.gather(0, pars[j].clamp(min=0)), torch.ones_like(aj))
+            tested = [
+                (int(deps[j][i]), float(conf[j][i]), bool(aj[i])) for i in par_ok.nonzero()[:, 0].tolist()
+            ]
+            L[int(a[0, j])] = (n_acc, [r for _, r in path], tested, int(deps[j].max()), int(deps[j].numel()))
+    made, i = 1, P  # tokens emitted so far (the prefill's), root index
+    while made < N:
+        n_acc, ranks_path, tested, tdepth, size = L[i]
+        run["accepted"].append(n_acc)
+        run["drafted"].append(size)
+        run["tree_depth"].append(tdepth)
+        run["accepted_ranks"].append(ranks_path)
+        for d, c, ok in tested:
+            _calib_add(run["calib"], d, c, ok)
+        run["target_forwards"] += 1
+        made += n_acc + 1
+        i += n_acc + 1
+    return run
+
+
+def reference_rows(
+    head: Any, target: Any, refs: list[dict[str, Any]], dcfg: DecodingConfig, progress: bool = True
+) -> list[dict[str, Any]]:
+    """eval.jsonl rows (``"method": "reference"``, no AR or peer runs) for every reference turn."""
+    from tqdm.auto import tqdm
+
+    rows = []
+    for ref in tqdm(refs, desc="eval (reference)", unit="turn", disable=not progress, dynamic_ncols=True):
+        rows.append(
+            {
+                "id": ref["id"],
+                "category": ref["category"],
+                "turn": ref["turn"],
+                "prompt_tokens": len(ref["prompt_ids"]),
+                "temperature": 0.0,
+                "method": "reference",
+                "ar": None,
+                "spec": reference_steps(head, target, ref, dcfg),
+                "peers": {},
+                "match": None,
+            }
+        )
+    return rows
