@@ -122,7 +122,8 @@ def test_reference_steps_equal_the_engines_steps(setup, trained, mode):
         sp = generate_spec(target, EagleDrafter(head), prompt, dcfg)
         assert sp.tokens == ar.tokens  # fp32: lossless
         run = reference_steps(head, target, {"prompt_ids": prompt, "new_ids": ar.tokens}, dcfg, chunk=7)
-        assert run["accepted"][:-1] == sp.accepted[:-1]  # the engine's last step may count tokens past the end
+        # the engine's last step may also count draft tokens past the end
+        assert run["accepted"][:-1] == sp.accepted[:-1]
         assert run["accepted"][-1] <= sp.accepted[-1]
         assert run["tree_depth"] == sp.tree_depth and run["drafted"] == sp.drafted
         assert run["target_forwards"] == sp.target_forwards and run["new_tokens"] == len(sp.tokens)
