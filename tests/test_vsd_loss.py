@@ -93,7 +93,7 @@ def test_vsd_start_step_and_gradients_only_into_draft(setup):
     assert all(p.grad is not None for p in head.parameters() if p.requires_grad)
     anchors, valid = select_anchors(batch, 4, loss.generator)
     e = loss.estep(head, batch, anchors, valid)
-    for x in (e["z"], e["U"], e["w"].w, e["oracle"].logp, e["oracle"].hidden, e["oracle"].accept_prob):
+    for x in (e["z"], e["U"], e["tw"], e["w"].w, e["hidden"], e["greedy"]):
         assert not x.requires_grad
 
 

@@ -107,6 +107,9 @@ class DatasetConfig:
     max_prompt_tokens: int = 256  # longer prompts are skipped (counted in the data card)
     gen_max_new_tokens: int = 256  # self-distillation response length
     gen_temperature: float = 0.0  # 0 = greedy responses from the target
+    responses: str = (
+        "target"  # target: the target writes them (self-distillation) | source: the dataset's own
+    )
     gen_batch_size: int = 16
     max_seq_len: int = 512  # prompt + response, tokens
     heldout_fraction: float = 0.02  # sequences kept out of training for held-out metrics
@@ -114,6 +117,7 @@ class DatasetConfig:
 
     def __post_init__(self) -> None:
         _choice("dataset.source", self.source, ("sharegpt", "jsonl", "hf", "tiny"))
+        _choice("dataset.responses", self.responses, ("target", "source"))
         if self.source == "jsonl" and not self.path:
             raise ConfigError("dataset.path", "required when dataset.source=jsonl")
         if self.source == "hf" and not (self.hf_name or self.path):
@@ -153,6 +157,15 @@ class LossConfig:
     car_weight: float = 0.1
     vsd_start_step: int = 0
     require_warm_start: bool = True  # refuse VSD from an untrained draft (train.init_from unset)
+    # --- where the E-step can differ from EAGLE-3 (docs/method.md, "Regimes")
+    estep: str = "chain"  # chain: S i.i.d. draft paths per anchor | tree: decoding's greedy tree (T=0 oracle)
+    tree_top_k: int = 8  # estep=tree: children per expanded node (decoding.top_k's role)
+    tree_total_tokens: int = (
+        32  # estep=tree: nodes kept per tree (decoding.total_tokens's role); depth=loss.depth
+    )
+    acceptance: str = "sample"  # T>0 oracle: sample (Bernoulli min(1, p/q)) | expected (prefix probabilities)
+    vsd_norm: str = "anchor"  # L_M divisor: anchor (anchors with a kept path) | kept_token | response_token
+    grad_cosine_every: int = 0  # log cos(grad L_M, grad L_EAGLE3) every N steps (2 extra backwards); 0 = off
 
     def __post_init__(self) -> None:
         _choice("loss.name", self.name, ("eagle3", "vsd"))
@@ -170,6 +183,16 @@ class LossConfig:
         _unit("loss.arw_target_ess", self.arw_target_ess, open_low=True)
         _positive("loss.car_weight", self.car_weight, allow_zero=True)
         _positive("loss.vsd_start_step", self.vsd_start_step, allow_zero=True)
+        _choice("loss.estep", self.estep, ("chain", "tree"))
+        _positive("loss.tree_top_k", self.tree_top_k)
+        _positive("loss.tree_total_tokens", self.tree_total_tokens)
+        _choice("loss.acceptance", self.acceptance, ("sample", "expected"))
+        _choice("loss.vsd_norm", self.vsd_norm, ("anchor", "kept_token", "response_token"))
+        _positive("loss.grad_cosine_every", self.grad_cosine_every, allow_zero=True)
+        if self.estep == "tree" and self.verify_temperature > 0:
+            raise ConfigError(
+                "loss.estep", "tree verifies the greedy decoding tree: it needs loss.verify_temperature=0"
+            )
         if self.name == "eagle3" and (self.vsd_weight > 0 or self.car):
             raise ConfigError("loss.name", "eagle3 needs vsd_weight=0 and car=false; use loss=vsd")
 

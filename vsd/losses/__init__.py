@@ -3,6 +3,10 @@
 Log-key convention (the trainer relies on it): keys ``n_*`` and ``s_*`` are counters/sums, summed over
 micro-batches and ranks; ``loss`` is the batch's objective (trainer-weighted by response tokens); every
 other key is averaged, weighted by the micro-batch's response-token count ``n_resp``.
+
+Optional, for losses with random streams (the trainer calls them when present): ``state_dict()`` /
+``load_state_dict(st)`` (saved with the training checkpoint, so a resumed run draws what the straight run
+draws) and ``heldout_mode()`` (a context manager: held-out evaluation draws from its own stream).
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ class Loss(Protocol):
     def __call__(self, head, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict]: ...
 
 
-def build_loss(lcfg: LossConfig, target, vocab: dict[str, torch.Tensor]) -> Loss:
-    """``loss.name`` -> the loss object. vocab: {"d2t": (V_d,) target ids, "t2d": (V,) draft ids or -1}."""
+def build_loss(
+    lcfg: LossConfig, target, vocab: dict[str, torch.Tensor], seed: int = 0, rank: int = 0
+) -> Loss:
+    """``loss.name`` -> the loss object. vocab: {"d2t": (V_d,) target ids, "t2d": (V,) draft ids or -1}.
+    ``seed`` (the run's) and ``rank`` (DDP) seed a loss's own random streams (VSD's E-step)."""
     if lcfg.name == "eagle3":
         from vsd.losses.eagle3 import Eagle3Loss
 
@@ -31,5 +38,5 @@ def build_loss(lcfg: LossConfig, target, vocab: dict[str, torch.Tensor]) -> Loss
     if lcfg.name == "vsd":
         from vsd.losses.vsd import VSDLoss  # built on top of Eagle3Loss by the VSD module
 
-        return VSDLoss(lcfg, target, vocab)
+        return VSDLoss(lcfg, target, vocab, seed=seed, rank=rank)
     raise ValueError(f"loss.name: unknown loss {lcfg.name!r}")

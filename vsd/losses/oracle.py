@@ -165,3 +165,63 @@ def target_logits_on(lm_head: torch.nn.Module, hidden: torch.Tensor, vocab_ids: 
     w = lm_head.weight[vocab_ids]
     b = lm_head.bias[vocab_ids] if getattr(lm_head, "bias", None) is not None else None
     return F.linear(hidden, w, b)
+
+
+@torch.no_grad()
+def tree_oracle(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    anchors: torch.Tensor,
+    tokens: torch.Tensor,
+    ancestors: torch.Tensor,
+    depths: torch.Tensor,
+    parents: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The greedy oracle over one draft TREE per anchor (``loss.estep=tree``), in one target forward.
+
+    tokens (B, A, N) target-vocab ids; ancestors (B, A, N, N) bool (node i sees node j of its own tree);
+    depths/parents (B, A, N) (parents index the same tree, -1 = child of the anchor). Every node sees the
+    sequence up to and including its anchor, its own tree ancestors and itself, at position anchor + depth.
+    Returns (greedy (B, A, N) long: the target's argmax where the node's token is predicted, hidden (B, A, N, H):
+    the final hidden state that predicts it, for CAR).
+    """
+    B, A, N = tokens.shape
+    Tp = int(anchors.max()) + 1
+    dev = input_ids.device
+    dtype = next(model.parameters()).dtype
+    neg = torch.finfo(dtype).min
+    am = attention_mask[:, :Tp].to(torch.bool)
+    j = torch.arange(Tp, device=dev)
+    seq_allowed = (j[None, :] <= j[:, None])[None] & am[:, None, :]
+    seq_allowed |= torch.eye(Tp, dtype=torch.bool, device=dev)[None]
+    node_anchor = anchors.repeat_interleave(N, dim=1)  # (B, A*N)
+    pre = (j[None, None, :] <= node_anchor[:, :, None]) & am[:, None, :]  # (B, A*N, Tp)
+    blocks = torch.zeros(B, A, N, A, N, dtype=torch.bool, device=dev)
+    idx = torch.arange(A, device=dev)
+    blocks[:, idx, :, idx, :] = ancestors.transpose(0, 1)  # block diagonal: a tree sees only itself
+    allowed = torch.cat(
+        [
+            torch.cat([seq_allowed, torch.zeros(B, Tp, A * N, dtype=torch.bool, device=dev)], dim=2),
+            torch.cat([pre, blocks.view(B, A * N, A * N)], dim=2),
+        ],
+        dim=1,
+    )
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill(~allowed, neg)[:, None]
+    seq_pos = (attention_mask[:, :Tp].long().cumsum(-1) - 1).clamp_min(0)
+    node_pos = seq_pos.gather(1, node_anchor) + depths.reshape(B, A * N)
+    ids = torch.cat([input_ids[:, :Tp], tokens.reshape(B, A * N)], dim=1)
+    out = model.model(
+        input_ids=ids, attention_mask=mask, position_ids=torch.cat([seq_pos, node_pos], 1), use_cache=False
+    )
+    h = out.last_hidden_state
+    H = h.shape[-1]
+    h_anchor = h.gather(1, anchors[..., None].expand(B, A, H))  # predicts depth-1 nodes
+    h_nodes = h[:, Tp:].reshape(B, A, N, H)
+    par_h = h_nodes.gather(2, parents.clamp(min=0)[..., None].expand(B, A, N, H))
+    pred = torch.where((parents >= 0)[..., None], par_h, h_anchor[:, :, None, :])
+    greedy = torch.empty(B, A, N, dtype=torch.long, device=dev)
+    flat = pred.reshape(-1, H)
+    for i in range(0, flat.shape[0], 512):
+        greedy.view(-1)[i : i + 512] = model.lm_head(flat[i : i + 512]).argmax(-1)
+    return greedy, pred

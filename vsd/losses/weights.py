@@ -49,9 +49,11 @@ def importance_log_weights(
     """log w~ = sum over kept tokens of (log p - log q), clipped to [-clip, clip].
 
     logp, logq: (G, S, D) per-token log-probs of the sampled token under target and proposal;
-    kept: (G, S, D) bool. Returns (G, S) float32. Clipping in log space bounds any single ratio to e^clip.
+    kept: (G, S, D) bool, or float token weights (``loss.acceptance=expected``: each token counts with the
+    probability that its prefix is accepted). Returns (G, S) float32. Clipping in log space bounds any single
+    ratio to e^clip.
     """
-    lw = ((logp.float() - logq.float()) * kept).sum(-1)
+    lw = ((logp.float() - logq.float()) * kept.float()).sum(-1)
     return lw.clamp(-clip, clip)
 
 
@@ -82,6 +84,21 @@ class Weights:
     beta: float  # ARW temperature (0 when ARW is off or has nothing to adapt)
     ess_frac: float  # sum_g ESS_g / number of kept samples (in (0, 1]; 0 when nothing is kept)
     num_kept: int  # kept samples (paths with at least one kept token)
+    num_adapt: int = 0  # groups whose weights ARW's beta can change (kept samples with different U)
+    ess_adapt: float = 0.0  # ess_frac over those groups only (what ARW's ESS target is about)
+    at_cap: bool = False  # ARW's beta reached beta_max (the ESS target was out of reach)
+
+
+BETA_MAX = 50.0
+
+
+def adaptable_groups(U: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(G,) bool: groups whose valid samples do not all share one U (ARW's tilt changes only these)."""
+    Uf = U.float()
+    big = torch.finfo(torch.float32).max
+    u_max = torch.where(valid, Uf, torch.full_like(Uf, -big)).amax(-1)
+    u_min = torch.where(valid, Uf, torch.full_like(Uf, big)).amin(-1)
+    return valid.any(-1) & (u_max > u_min)
 
 
 def arw_weights(
@@ -90,7 +107,7 @@ def arw_weights(
     valid: torch.Tensor,
     depth: int,
     target_ess: float,
-    beta_max: float = 50.0,
+    beta_max: float = BETA_MAX,
     iters: int = 50,
 ) -> tuple[torch.Tensor, float]:
     """Adaptive Rejection Weighting: w_gs ∝ exp(log_w_gs + beta * U_gs / D), normalised per group.
@@ -106,10 +123,7 @@ def arw_weights(
     log_w, U, valid: (G, S). Returns (weights (G, S), beta).
     """
     Uf = U.float() / depth
-    big = torch.finfo(torch.float32).max
-    u_max = torch.where(valid, Uf, torch.full_like(Uf, -big)).amax(-1)
-    u_min = torch.where(valid, Uf, torch.full_like(Uf, big)).amin(-1)
-    adapt = valid.any(-1) & (u_max > u_min)  # (G,) groups whose weights depend on beta
+    adapt = adaptable_groups(U, valid)  # (G,) groups whose weights depend on beta
 
     def weights(beta: float) -> torch.Tensor:
         return normalise_groups(log_w.float() + beta * Uf, valid)
@@ -149,12 +163,13 @@ def estep_weights(
 ) -> Weights:
     """M-step weights for one batch of groups.
 
-    U: (G, S) accepted lengths; kept: (G, S, D) tokens the M-step trains on (see :func:`kept_token_mask`);
-    logp/logq: (G, S, D) target / proposal log-probs of the sampled tokens (needed when ``importance``).
-    A sample is valid when it keeps at least one token. Base log-weights are the clipped importance
-    log-weights (``importance``) or 0 (uniform); ARW then tilts them by exp(beta * U / D).
+    U: (G, S) accepted lengths (float: expected lengths under ``loss.acceptance=expected``); kept: (G, S, D)
+    tokens the M-step trains on (see :func:`kept_token_mask`), bool or float token weights; logp/logq:
+    (G, S, D) target / proposal log-probs of the sampled tokens (needed when ``importance``). A sample is valid
+    when it keeps at least one token. Base log-weights are the clipped importance log-weights
+    (``importance``) or 0 (uniform); ARW then tilts them by exp(beta * U / D).
     """
-    valid = kept.any(-1)
+    valid = kept.float().sum(-1) > 0
     if importance:
         if logp is None or logq is None:
             raise ValueError("importance weights need logp and logq")
@@ -167,5 +182,17 @@ def estep_weights(
     else:
         w, beta = normalise_groups(log_w, valid), 0.0
     n = int(valid.sum())
-    ess = float(group_ess(w).sum()) / n if n else 0.0
-    return Weights(w=w.detach(), beta=beta, ess_frac=ess, num_kept=n)
+    ess_g = group_ess(w)
+    ess = float(ess_g.sum()) / n if n else 0.0
+    adapt = adaptable_groups(U, valid)
+    n_adapt_s = int(valid[adapt].sum())
+    ess_adapt = float(ess_g[adapt].sum()) / n_adapt_s if n_adapt_s else 0.0
+    return Weights(
+        w=w.detach(),
+        beta=beta,
+        ess_frac=ess,
+        num_kept=n,
+        num_adapt=int(adapt.sum()),
+        ess_adapt=ess_adapt,
+        at_cap=bool(arw and beta >= BETA_MAX),
+    )

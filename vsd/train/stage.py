@@ -73,13 +73,14 @@ def run(ctx) -> dict[str, float]:
         vocab = {"d2t": head.d2t.cpu(), "t2d": head.t2d.cpu()}
     else:
         head = build_head(target, cfg.model.draft, vocab["d2t"], seed=cfg.seed).to(device)
-    loss_fn = build_loss(cfg.loss, target, vocab)
+    loss_fn = build_loss(cfg.loss, target, vocab, seed=cfg.seed, rank=info.rank)
     from vsd.losses.eagle3 import finalize_logs
+    from vsd.losses.vsd import finalize_vsd_logs
 
     def finalize(sums: dict[str, float]) -> dict[str, float]:
         if not any(k.startswith("n_valid_") for k in sums):
             return {}
-        return finalize_logs(sums, cfg.loss.ttt_steps, cfg.loss.step_decay)
+        return {**finalize_logs(sums, cfg.loss.ttt_steps, cfg.loss.step_decay), **finalize_vsd_logs(sums)}
 
     key = checkpoint_key(cfg, torch.as_tensor(vocab["d2t"]), len(train_ds))
     ckpt_dir = ctx.cache_dir / "checkpoints" / key

@@ -267,6 +267,7 @@ class Trainer:
             "log_rows": self.log_rows,
             "last": self.last,
             "heldout": self.heldout,
+            "loss": self.loss_fn.state_dict() if hasattr(self.loss_fn, "state_dict") else None,
         }
 
     def load_state(self, st: dict[str, Any]) -> None:
@@ -283,6 +284,8 @@ class Trainer:
             torch.manual_seed(self.seed + 1000 * self.d.rank + st["step"])
         self.step = st["step"]
         self.log_rows, self.last, self.heldout = list(st["log_rows"]), st["last"], st["heldout"]
+        if st.get("loss") is not None and hasattr(self.loss_fn, "load_state_dict"):
+            self.loss_fn.load_state_dict(st["loss"])
 
     def save_checkpoint(self) -> None:
         if self.ckpt_dir is not None and self.d.main:
@@ -339,13 +342,15 @@ class Trainer:
         self.head.eval()
         idx = list(range(self.d.rank, len(self.heldout_ds), self.d.world))
         parts, n_all = [], 0.0
-        for j in range(0, len(idx), max(self.micro, 1)):
-            b = self.collate([self.heldout_ds[i] for i in idx[j : j + self.micro]])
-            n = float((b["loss_mask"].bool() & b["attention_mask"].bool()).sum())
-            with self._autocast():
-                loss, logs = self.loss_fn(self.head, self._to_device(b), self.step)
-            parts.append((n, {**logs, "loss": float(loss)}))
-            n_all += n
+        own_stream = getattr(self.loss_fn, "heldout_mode", contextlib.nullcontext)
+        with own_stream():  # held-out draws never move the training stream
+            for j in range(0, len(idx), max(self.micro, 1)):
+                b = self.collate([self.heldout_ds[i] for i in idx[j : j + self.micro]])
+                n = float((b["loss_mask"].bool() & b["attention_mask"].bool()).sum())
+                with self._autocast():
+                    loss, logs = self.loss_fn(self.head, self._to_device(b), self.step)
+                parts.append((n, {**logs, "loss": float(loss)}))
+                n_all += n
         self.head.train()
         n_total = self._all_sum({"n": n_all})["n"]
         out = self._merge_logs(parts, n_total)
