@@ -94,3 +94,57 @@ def test_two_jobs_build_once(tiny_target, tmp_path):
         t.join()
     assert results[0][0] == results[1][0]
     assert sorted(r[1]["shards_computed"] for r in results) == [0, 2]
+
+
+def test_source_responses_are_the_datasets_own_replies(tiny_target, tmp_path):
+    """dataset.responses=source: no generation; each sequence is the prompt plus the source's tokenised reply
+    (the chat template's assistant turn, up to its end-of-turn token, within gen_max_new_tokens)."""
+    import json
+
+    from vsd.data.sources import load_json_file
+    from vsd.pipeline import execute
+
+    f = tmp_path / "chats.jsonl"
+    rows = [
+        {"id": f"c{i}", "messages": [{"role": "user", "content": t}, {"role": "assistant", "content": r}]}
+        for i, (t, r) in enumerate([("hi there", "hello!"), ("2+2?", "4"), ("name a colour", "blue, " * 40)])
+    ]
+    rows.append({"id": "no-reply", "messages": [{"role": "user", "content": "unanswered"}]})
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    prompts = load_json_file(f)
+    assert [p["response"] for p in prompts][:2] == ["hello!", "4"] and prompts[3]["response"] is None
+    cfg = _cfg(responses="source", gen_max_new_tokens=20)
+    d, st = build_selfdistill(tiny_target, prompts[:3], cfg, tmp_path / "cache", progress=False)
+    seqs = load_sequences(d)
+    eos = tiny_target.eos_token_ids
+    for p, s in zip(prompts[:3], seqs):
+        ids = s["input_ids"].tolist()
+        resp = ids[s["prompt_len"] :]
+        assert ids[: s["prompt_len"]] == tiny_target.chat_ids(p["messages"])
+        assert len(resp) <= 20
+        if len(resp) < 20:
+            assert resp[-1] in eos and tiny_target.decode(resp) == p["response"]
+        else:
+            assert p["response"].startswith(tiny_target.decode(resp))
+    # not the target's own text, and not the same cache as self-distillation
+    d2, _ = build_selfdistill(
+        tiny_target, prompts[:3], _cfg(gen_max_new_tokens=20), tmp_path / "cache", progress=False
+    )
+    assert d2 != d and _tokens(d2) != _tokens(d)
+    # through the data stage: the prompt without a reply is dropped and counted; a source without replies errors
+    over = [
+        "experiment=smoke",
+        "stages=[data]",
+        "dataset.source=jsonl",
+        f"dataset.path={f}",
+        "dataset.responses=source",
+        "dataset.heldout_fraction=0",
+    ]
+    execute(compose(over)[0][0], tmp_path / "run")
+    card = json.loads((tmp_path / "run" / "data_card.json").read_text())
+    assert (
+        card["source_stats"]["without_source_response"] == 1 and card["generation"]["responses"] == "source"
+    )
+    with pytest.raises(Exception, match="dataset.responses"):
+        no_replies = ["experiment=smoke", "stages=[data]", "dataset.source=tiny", "dataset.responses=source"]
+        execute(compose(no_replies)[0][0], tmp_path / "r2")

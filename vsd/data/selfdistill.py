@@ -44,6 +44,16 @@ class Interrupted(RuntimeError):
 
 def selfdistill_desc(target: Any, prompts: list[Prompt], dcfg: DatasetConfig) -> dict[str, Any]:
     """Everything the generated data depends on (its hash is the cache key)."""
+    if dcfg.responses == "source":  # nothing is generated: the responses are the source's own, tokenised
+        return {
+            "version": GEN_VERSION,
+            "responses": "source",
+            "target": target.name,  # its tokenizer and chat template make the ids
+            "prompts": content_key([(p["id"], prompt_text(p), p.get("response")) for p in prompts], 32),
+            "num_prompts": len(prompts),
+            "max_new_tokens": dcfg.gen_max_new_tokens,
+            "max_seq_len": dcfg.max_seq_len,
+        }
     return {
         "version": GEN_VERSION,
         "target": target.name,
@@ -63,6 +73,22 @@ def _batches(prompts: list[Prompt], ids: list[list[int]], bs: int) -> list[list[
     """Prompt indices in batches of ``bs``, grouped by length so that left padding wastes little."""
     order = sorted(range(len(prompts)), key=lambda i: (len(ids[i]), i))
     return [order[i : i + bs] for i in range(0, len(order), bs)]
+
+
+def source_response_ids(target: Any, prompt: Prompt, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """The source's own reply as response ids: the chat template over [user, assistant], minus the prompt, up to
+    and including the first EOS (the end-of-turn token), at most ``max_new_tokens`` (the generation budget, so
+    both kinds of data have the same response length limit)."""
+    full = target.chat_ids([*prompt["messages"], {"role": "assistant", "content": prompt["response"]}], False)
+    if full[: len(prompt_ids)] != prompt_ids:
+        raise UserError(
+            f"dataset.responses=source: the chat template of {target.name} renders prompt {prompt['id']!r} "
+            "differently with its reply appended; this target cannot use source responses"
+        )
+    resp = full[len(prompt_ids) :]
+    eos = target.eos_token_ids
+    cut = next((j + 1 for j, t in enumerate(resp) if t in eos), len(resp))
+    return resp[: min(cut, max_new_tokens)]
 
 
 @torch.no_grad()
@@ -133,7 +159,10 @@ def build_selfdistill(
         ids = [target.chat_ids(p["messages"]) for p in prompts]
         with open(d / "prompts.jsonl", "w") as fh:  # rewritten identically on resume (same key)
             for p in prompts:
-                fh.write(json.dumps({"id": p["id"], "messages": p["messages"], "source": p["source"]}) + "\n")
+                row = {"id": p["id"], "messages": p["messages"], "source": p["source"]}
+            if dcfg.responses == "source":
+                row["response"] = p["response"]
+            fh.write(json.dumps(row) + "\n")
         batches = _batches(prompts, ids, dcfg.gen_batch_size)
         done = set(done_shards(d, len(batches)))
         todo = [b for b in range(len(batches)) if b not in done]
@@ -142,7 +171,7 @@ def build_selfdistill(
         bar = tqdm(
             total=len(prompts),
             initial=sum(len(batches[b]) for b in done),
-            desc="self-distill",
+            desc="self-distill" if dcfg.responses == "target" else "tokenise source responses",
             unit="prompt",
             disable=not progress,
         )
@@ -152,11 +181,16 @@ def build_selfdistill(
                 raise Interrupted(f"stopped after {k} shards (test)")
             rows = batches[b]
             # Seeded per shard: a resumed build samples the same responses as an uninterrupted one.
-            with torch.random.fork_rng():
-                torch.manual_seed(dcfg.seed * 1_000_003 + b)
-                resp = generate_batch(
-                    target, [ids[i] for i in rows], dcfg.gen_max_new_tokens, dcfg.gen_temperature
-                )
+            if dcfg.responses == "source":
+                resp = [
+                    source_response_ids(target, prompts[i], ids[i], dcfg.gen_max_new_tokens) for i in rows
+                ]
+            else:
+                with torch.random.fork_rng():
+                    torch.manual_seed(dcfg.seed * 1_000_003 + b)
+                    resp = generate_batch(
+                        target, [ids[i] for i in rows], dcfg.gen_max_new_tokens, dcfg.gen_temperature
+                    )
             seqs = [(ids[i] + r)[: dcfg.max_seq_len] for i, r in zip(rows, resp)]
             new_tokens += sum(len(r) for r in resp)
             lens = torch.tensor([len(s) for s in seqs])

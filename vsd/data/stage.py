@@ -33,6 +33,15 @@ def run(ctx: Any) -> dict[str, float]:
     dcfg = cfg.dataset
     t0 = time.time()
     prompts, src_stats = load_prompts(dcfg)
+    if dcfg.responses == "source":  # only prompts whose source recorded a reply can be used
+        with_reply = [p for p in prompts if p.get("response")]
+        src_stats = {**src_stats, "without_source_response": len(prompts) - len(with_reply)}
+        if not with_reply:
+            raise UserError(
+                f"dataset.responses: source needs the dataset's own replies, and {dcfg.name!r} has none "
+                "(a chat with an assistant turn after the first user turn, or a 'response' field)"
+            )
+        prompts = with_reply
     eval_file = cfg.eval.prompts if cfg.eval.suite == "file" else None
     eval_texts, provenance = load_eval_texts(eval_file)
     index = EvalOverlapIndex(eval_texts, NGRAM)
@@ -92,6 +101,7 @@ def run(ctx: Any) -> dict[str, float]:
             "selected_overlapping_after_drop": len(leaked),
         },
         "generation": {
+            "responses": dcfg.responses,
             "target": target.name,
             "temperature": dcfg.gen_temperature,
             "max_new_tokens": dcfg.gen_max_new_tokens,
