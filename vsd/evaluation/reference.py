@@ -104,21 +104,16 @@ def build_references(
     return out
 
 
-def _calib_add(calib: dict[str, list[list[float]]], depth: int, conf: float, acc: bool) -> None:
-    b = min(int(conf * CALIB_BINS), CALIB_BINS - 1)
-    cell = calib.setdefault(str(depth), [[0, 0.0, 0] for _ in range(CALIB_BINS)])[b]
-    cell[0] += 1
-    cell[1] += conf
-    cell[2] += int(acc)
-
-
 @torch.no_grad()
 def reference_steps(
     head: Any, target: Any, ref: dict[str, Any], dcfg: DecodingConfig, chunk: int = 256
 ) -> dict[str, Any]:
     """The engine's verification steps for one turn, from its greedy continuation ``ref``. Returns a ``spec``
     run of eval.jsonl (``new_tokens``, ``target_forwards``, ``accepted``, ``drafted``, ``tree_depth``,
-    ``accepted_ranks``, ``calib``)."""
+    ``accepted_ranks``, ``calib``: per depth, CALIB_BINS cells [count, sum of draft confidence, accepted] over
+    the nodes whose parent was accepted)."""
+    import numpy as np
+
     from vsd.decoding.tree import tree_budget
 
     depth, k, total = tree_budget(dcfg)
@@ -144,36 +139,49 @@ def reference_steps(
     # anchors P .. P+N-2: a step can start at any generated token but the last
     anchors = torch.arange(P, P + N - 1, device=dev)
     seq = ids[0]
-    L: dict[int, tuple[int, list[int], list[tuple[int, float, bool]], int, int]] = {}
+    dd = torch.arange(1, depth + 1, device=dev)
+    parts: dict[str, list] = {
+        k_: [] for k_ in ("n", "rank", "tdepth", "size", "tested", "dep", "conf", "acc")
+    }
     for s in range(0, anchors.numel(), chunk):
         a = anchors[s : s + chunk][None]
         trees = grow_anchor_trees(head, feats, ids, am, a, depth, k, total)
-        offs = a[0][:, None] + torch.arange(1, depth + 1, device=dev)[None]
+        offs = a[0][:, None] + dd[None]
         reference = torch.where(offs < P + N, seq[offs.clamp(max=P + N - 1)], -1)[None]
-        acc = accepted_by_reference(trees, head.d2t, reference, depth)[0]
-        deps, pars, ranks = trees.depths[0], trees.parents[0], trees.ranks[0]
-        conf = trees.logq[0].exp()
-        for j in range(a.shape[1]):
-            aj = acc[j]
-            n_acc = int(deps[j][aj].max()) if bool(aj.any()) else 0
-            path = sorted((int(deps[j][i]), int(ranks[j][i])) for i in aj.nonzero()[:, 0].tolist())
-            par_ok = torch.where(pars[j] >= 0, aj.gather(0, pars[j].clamp(min=0)), torch.ones_like(aj))
-            tested = [
-                (int(deps[j][i]), float(conf[j][i]), bool(aj[i])) for i in par_ok.nonzero()[:, 0].tolist()
-            ]
-            L[int(a[0, j])] = (n_acc, [r for _, r in path], tested, int(deps[j].max()), int(deps[j].numel()))
-    made, i = 1, P  # tokens emitted so far (the prefill's), root index
+        acc = accepted_by_reference(trees, head.d2t, reference, depth)[0]  # (A, n)
+        deps, pars = trees.depths[0], trees.parents[0]
+        parts["n"].append((deps * acc).amax(-1))
+        on_depth = acc[:, None, :] & (deps[:, None, :] == dd[None, :, None])  # (A, depth, n)
+        parts["rank"].append(torch.where(on_depth, trees.ranks[0][:, None, :], -1).amax(-1))
+        parts["tdepth"].append(deps.amax(-1))
+        parts["size"].append(torch.full_like(deps[:, 0], deps.shape[-1]))
+        parts["tested"].append(torch.where(pars >= 0, acc.gather(1, pars.clamp(min=0)), True))
+        parts["dep"].append(deps)
+        parts["conf"].append(trees.logq[0].exp())
+        parts["acc"].append(acc)
+    x = {k_: torch.cat(v).cpu().numpy() for k_, v in parts.items()}  # one copy to the host per turn
+    visited, made, i = [], 1, 0  # anchor index relative to P; tokens emitted so far (the prefill's)
     while made < N:
-        n_acc, ranks_path, tested, tdepth, size = L[i]
-        run["accepted"].append(n_acc)
-        run["drafted"].append(size)
-        run["tree_depth"].append(tdepth)
-        run["accepted_ranks"].append(ranks_path)
-        for d, c, ok in tested:
-            _calib_add(run["calib"], d, c, ok)
-        run["target_forwards"] += 1
-        made += n_acc + 1
-        i += n_acc + 1
+        visited.append(i)
+        step = int(x["n"][i]) + 1
+        made += step
+        i += step
+    v = np.array(visited)
+    run["accepted"] = x["n"][v].astype(int).tolist()
+    run["drafted"] = x["size"][v].astype(int).tolist()
+    run["tree_depth"] = x["tdepth"][v].astype(int).tolist()
+    run["accepted_ranks"] = [[int(r) for r in row if r >= 0] for row in x["rank"][v]]
+    run["target_forwards"] = 1 + len(visited)
+    t = x["tested"][v]
+    dep, conf, acc = x["dep"][v][t], x["conf"][v][t], x["acc"][v][t]
+    bins = np.minimum((conf * CALIB_BINS).astype(int), CALIB_BINS - 1)
+    for d in np.unique(dep):
+        sel = dep == d
+        cells = np.zeros((CALIB_BINS, 3))
+        np.add.at(cells[:, 0], bins[sel], 1)
+        np.add.at(cells[:, 1], bins[sel], conf[sel])
+        np.add.at(cells[:, 2], bins[sel], acc[sel].astype(float))
+        run["calib"][str(int(d))] = [[int(c), float(sc), int(sa)] for c, sc, sa in cells]
     return run
 
 
@@ -200,3 +208,37 @@ def reference_rows(
             }
         )
     return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vsd.evaluation.reference OVERRIDES...``: build (or find) the reference continuations of a
+    run's eval prompts without evaluating a draft, so that later evals only read them (run.py's overrides)."""
+    import sys
+
+    from vsd.config import compose
+    from vsd.errors import UserError
+    from vsd.evaluation.prompts import load_suite
+    from vsd.models.target import load_target
+    from vsd.runtime import resolve_device, set_threads
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        _, cfg = compose([a for a in argv if "=" in a and not a.startswith("hydra.")])[0]
+        set_threads(cfg.threads)
+        records = load_suite(cfg.eval)
+        target = load_target(
+            cfg.model, Path(cfg.paths.cache_dir).expanduser(), resolve_device(cfg.device), cfg.dtype
+        )
+        refs = build_references(
+            target, records, cfg.decoding, cfg.eval, Path(cfg.paths.cache_dir).expanduser()
+        )
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    key = reference_key(target, records, cfg.decoding, cfg.eval)
+    print(f"[vsd] references: {len(refs)} turns, {sum(len(r['new_ids']) for r in refs)} tokens (key {key})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""The regime experiment (docs/results.md, "Regimes"): every job is a plain `python run.py ...`, several at once.
+
+  python scripts/run_regimes.py --gpu --jobs 14           # one GPU, 14 processes (how the records were made)
+  python scripts/run_regimes.py --jobs 2                  # this CPU: the same jobs (days here)
+  python scripts/run_regimes.py --tiny --jobs 2           # a rehearsal on the tiny random model (minutes)
+
+Phases, each waiting for the previous one:
+  1. per data regime (control, source, sampled): data, features and the EAGLE-3 warm-up base
+     (experiment=regime_base); beside them, the target's greedy continuations of the eval prompts (cached,
+     shared by every later eval: python -m vsd.evaluation.reference);
+  2. every arm (experiment=regime_{eagle3,vsd,eagle3_time,power}) x regime x seed: train, then the T=0
+     reference eval (eval=regimes); the tree regime runs only its VSD arm (its EAGLE-3 arms are the control's);
+  3. T=1 decoded evals of the EAGLE-3 and VSD arms (a subset of the prompts: T=1 cannot use the reference).
+A job whose run.json says completed is skipped, so rerunning continues after a stop (each training resumes
+from its own checkpoint). Jobs write under --root (default outputs/regimes); logs in <root>/logs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_REGIMES = ("control", "source", "sampled")
+ARMS = ("regime_eagle3", "regime_vsd", "regime_eagle3_time", "regime_power")
+GPU = [
+    "device=cuda",
+    "decoding.capture=cuda_graph",
+    "decoding.max_len=2048",
+    "train.data_on_device=true",
+    "train.features_batch_size=32",
+]
+TINY = [
+    "model=tiny_random",
+    "dataset=tiny",
+    "dataset.num_prompts=16",
+    "dataset.gen_batch_size=8",
+    "eval.per_category=1",
+    "decoding.max_new_tokens=12",
+    "loss.depth=3",
+    "loss.tree_total_tokens=8",
+    "loss.tree_top_k=2",
+]
+TINY_STEPS = {
+    "regime_base": 4,
+    "regime_eagle3": 4,
+    "regime_vsd": 4,
+    "regime_eagle3_time": 6,
+    "regime_power": 2,
+}
+T1 = ["eval.method=decode", "decoding.temperature=1.0", "eval.per_category=4", "decoding.max_new_tokens=128"]
+
+
+def completed(run_dir: Path) -> bool:
+    try:
+        return json.loads((run_dir / "run.json").read_text()).get("status") == "completed"
+    except (OSError, ValueError):
+        return False
+
+
+def job(overrides: list[str], run_dir: Path, log_dir: Path) -> tuple[str, int, float]:
+    """Run one `python run.py` job unless it already completed; returns (name, exit code, seconds)."""
+    name = str(run_dir.relative_to(log_dir.parent)).replace("/", "_")
+    if completed(run_dir):
+        return name, 0, 0.0
+    t0 = time.time()
+    cmd = [sys.executable, "run.py", *overrides, f"hydra.run.dir={run_dir}"]
+    with open(log_dir / f"{name}.log", "w") as log:
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+    return name, rc, time.time() - t0
+
+
+def run_phase(label: str, jobs: list[tuple[list[str], Path]], workers: int, log_dir: Path) -> list[str]:
+    print(f"[regimes] {label}: {len(jobs)} jobs, {workers} at once", flush=True)
+    failed = []
+    with cf.ThreadPoolExecutor(workers) as pool:
+        for name, rc, secs in pool.map(lambda j: job(j[0], j[1], log_dir), jobs):
+            print(f"[regimes]   {name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} {secs:.0f}s", flush=True)
+            if rc:
+                failed.append(name)
+    return failed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--jobs", type=int, default=2, help="processes at once")
+    ap.add_argument("--gpu", action="store_true", help="device=cuda, captured decoding, data on the GPU")
+    ap.add_argument("--tiny", action="store_true", help="rehearse on the tiny random model")
+    ap.add_argument("--root", type=Path, default=ROOT / "outputs" / "regimes")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--phases", default="1,2,3")
+    args = ap.parse_args()
+    root = args.root.resolve()
+    log_dir = root / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    common = ["tracker=none", "threads=1", *(GPU if args.gpu else []), *(TINY if args.tiny else [])]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    phases = {int(p) for p in args.phases.split(",")}
+
+    def exp(name: str, regime: str, seed: int | None = None) -> list[str]:
+        ov = [f"experiment={name}", f"regime={regime}", *common]
+        if seed is not None:
+            ov.append(f"seed={seed}")
+        if name != "regime_base":
+            data = "control" if regime == "tree" else regime
+            ov.append(f"train.init_from={root / data / 'base' / 'draft'}")
+        if args.tiny:
+            ov.append(f"train.steps={TINY_STEPS[name]}")
+        return ov
+
+    arm_dir = {a: a.removeprefix("regime_") for a in ARMS}
+    failed: list[str] = []
+    if 1 in phases:
+        refs = subprocess.Popen(  # the eval prompts' greedy continuations, beside the bases
+            [sys.executable, "-m", "vsd.evaluation.reference", *exp("regime_base", "control")],
+            cwd=ROOT,
+            stdout=open(log_dir / "references.log", "w"),
+            stderr=subprocess.STDOUT,
+        )
+        jobs = [(exp("regime_base", r), root / r / "base") for r in DATA_REGIMES]
+        failed += run_phase("phase 1: data, features, bases, references", jobs, args.jobs, log_dir)
+        if refs.wait():
+            failed.append("references")
+    if 2 in phases:
+        jobs = [
+            (exp(a, r, s), root / r / arm_dir[a] / f"seed{s}")
+            for s in seeds
+            for r in DATA_REGIMES
+            for a in ARMS
+        ]
+        jobs += [(exp("regime_vsd", "tree", s), root / "tree" / "vsd" / f"seed{s}") for s in seeds]
+        jobs.sort(key=lambda j: "vsd" not in j[1].parts)  # the slowest (VSD) first: a shorter tail
+        failed += run_phase("phase 2: arms (train + T=0 reference eval)", jobs, args.jobs, log_dir)
+    if 3 in phases:
+        jobs = []
+        for s in seeds:
+            for r in (*DATA_REGIMES, "tree"):
+                for a in ("regime_eagle3", "regime_vsd") if r != "tree" else ("regime_vsd",):
+                    d = root / r / arm_dir[a] / f"seed{s}"
+                    ov = [*exp("regime_base", r), "stages=[eval]", f"draft.checkpoint={d / 'draft'}", *T1]
+                    jobs.append((ov, d / "t1"))
+        failed += run_phase("phase 3: T=1 decoded evals", jobs, args.jobs, log_dir)
+    print(f"[regimes] done; {len(failed)} failed: {failed}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
