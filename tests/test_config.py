@@ -55,6 +55,9 @@ BAD = [
     (["model=nope"], "model/nope"),  # unknown option
     (["device=tpu"], "device"),
     (["train.batch_size=6", "train.grad_accum=4"], "train.grad_accum"),
+    (["+loss.nosuchkey=1"], "loss.nosuchkey"),  # Hydra's '+' adds keys past the struct flag
+    (["++model.draft.nosuchkey=1"], "model.draft.nosuchkey"),
+    (["+nosuchkey=1"], "nosuchkey"),
 ]
 
 
@@ -67,9 +70,12 @@ def test_bad_config_names_the_key(overrides, key):
     assert key in line, line
 
 
-def test_run_py_bad_key_is_one_line_and_leaves_nothing(tmp_path):
+@pytest.mark.parametrize(
+    "override,key", [("train.stepz=3", "train.stepz"), ("+loss.nosuchkey=1", "loss.nosuchkey")]
+)
+def test_run_py_bad_key_is_one_line_and_leaves_nothing(tmp_path, override, key):
     r = subprocess.run(
-        [PY, "run.py", "train.stepz=3", f"hydra.run.dir={tmp_path}/run"],
+        [PY, "run.py", override, f"hydra.run.dir={tmp_path}/run"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -77,8 +83,13 @@ def test_run_py_bad_key_is_one_line_and_leaves_nothing(tmp_path):
     )
     assert r.returncode == 2
     err = r.stderr.strip().splitlines()
-    assert len(err) == 1 and "train.stepz" in err[0], r.stderr
+    assert len(err) == 1 and key in err[0], r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_extra_stays_free_form():
+    _, cfg = compose(["+extra.note=hello", "+extra.sub.depth=2"])[0]
+    assert cfg.extra == {"note": "hello", "sub": {"depth": 2}}
 
 
 def test_sweep_syntax_composes_every_combination():

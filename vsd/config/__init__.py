@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 from typing import Any
@@ -47,12 +48,30 @@ def sqlite_file(path: str) -> str:
 
 def to_config(cfg: DictConfig) -> Config:
     """Resolve interpolations and build the typed, range-checked :class:`Config`."""
+    check_known_keys(cfg)
     try:
         return OmegaConf.to_object(cfg)  # runs every __post_init__
     except ConfigError:
         raise
     except OmegaConfBaseException as e:
         raise ConfigError(getattr(e, "full_key", None) or "config", _first_line(e)) from e
+
+
+def check_known_keys(cfg: DictConfig, prefix: str = "") -> None:
+    """Raise :class:`ConfigError` for a key that no schema dataclass declares.
+
+    The struct flag rejects ``train.stepz=3``, but Hydra's ``+key=v`` / ``++key=v`` add keys with the flag
+    lifted, and ``OmegaConf.to_object`` keeps them; so every dataclass-typed node is checked against its
+    fields. Dict-typed fields (``extra``) stay free-form.
+    """
+    typ = OmegaConf.get_type(cfg)
+    known = {f.name for f in dataclasses.fields(typ)} if dataclasses.is_dataclass(typ) else None
+    for key in cfg.keys():
+        name = f"{prefix}{key}"
+        if known is not None and key not in known:
+            raise ConfigError(name, "unknown key (no such field in the schema, vsd/config/schema.py)")
+        if known is not None and OmegaConf.is_dict(cfg._get_node(key)):
+            check_known_keys(cfg._get_node(key), f"{name}.")
 
 
 def _first_line(e: BaseException) -> str:
