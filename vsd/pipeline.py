@@ -182,13 +182,21 @@ def hydra_task(dcfg: DictConfig) -> float | None:
 
 
 def preflight(argv: list[str]) -> None:
-    """Compose and validate before Hydra starts (so bad config is one line and leaves no run dir)."""
-    from vsd.config import compose, format_error
+    """Compose and validate before Hydra starts (so bad config is one line and leaves no run or sweep dir).
 
+    A multirun (``-m``) validates every job it would launch (:func:`vsd.config.validate_multirun`).
+    """
+    from vsd.config import compose, format_error, validate_multirun
+
+    multirun = any(a in ("-m", "--multirun") for a in argv) or "hydra.mode=MULTIRUN" in argv
     overrides = [a for a in argv if not a.startswith("-") and "=" in a and not a.startswith("hydra.")]
     overrides = [a for a in overrides if not a.startswith(("hydra/", "+hydra"))]
+    params = [a.removeprefix("hydra.sweeper.params.") for a in argv if a.startswith("hydra.sweeper.params.")]
     try:
-        compose(overrides)
+        if multirun:
+            validate_multirun(overrides, params)
+        else:
+            compose(overrides)
     except Exception as e:  # noqa: BLE001 - every composition error becomes one line
         print(format_error(e), file=sys.stderr)
         sys.exit(2)
