@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import sys
 import time
 import traceback
@@ -103,10 +104,10 @@ def execute(dcfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     seed = set_seed(cfg.seed)
     resolved = OmegaConf.to_container(dcfg, resolve=True)
     record = RunRecord(run_dir, seed, resolved, job)
-    record.update(threads=threads)
     tracker: Tracker | None = None
     ok = False
     try:
+        record.update(threads=threads)
         device = local_device(resolve_device(cfg.device), dist_info)
         record.update(device=device, world_size=dist_info.world, rank=dist_info.rank)
         group = Path(job["sweep_dir"]).name if job.get("sweep_dir") else None
@@ -143,6 +144,7 @@ def execute(dcfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     finally:
         if tracker is not None:
             tracker.finish(ok)
+        record.close()
 
 
 def print_summary(metrics: dict[str, Any], record: RunRecord) -> None:
@@ -184,7 +186,8 @@ def hydra_task(dcfg: DictConfig) -> float | None:
 def preflight(argv: list[str]) -> None:
     """Compose and validate before Hydra starts (so bad config is one line and leaves no run or sweep dir).
 
-    A multirun (``-m``) validates every job it would launch (:func:`vsd.config.validate_multirun`).
+    A multirun (``-m``) validates every job it would launch (:func:`vsd.config.validate_multirun`). A run dir
+    (or a sweep's job dir) that a live run holds is refused here too, before Hydra writes into it.
     """
     from vsd.config import compose, format_error, validate_multirun
 
@@ -192,6 +195,7 @@ def preflight(argv: list[str]) -> None:
     overrides = [a for a in argv if not a.startswith("-") and "=" in a and not a.startswith("hydra.")]
     overrides = [a for a in overrides if not a.startswith(("hydra/", "+hydra"))]
     params = [a.removeprefix("hydra.sweeper.params.") for a in argv if a.startswith("hydra.sweeper.params.")]
+    dirs = [a for a in argv if a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
     try:
         if multirun:
             validate_multirun(overrides, params)
@@ -200,3 +204,25 @@ def preflight(argv: list[str]) -> None:
     except Exception as e:  # noqa: BLE001 - every composition error becomes one line
         print(format_error(e), file=sys.stderr)
         sys.exit(2)
+    if os.environ.get("RANK", "0") == "0":  # torchrun's other ranks may start after rank 0 took the dir
+        try:
+            _refuse_dir_in_use([*overrides, *dirs], multirun)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+
+def _refuse_dir_in_use(overrides: list[str], multirun: bool) -> None:
+    from vsd.config import hydra_dirs
+    from vsd.records import holder
+
+    run_dir, sweep_dir = hydra_dirs(overrides)
+    key, root = ("hydra.sweep.dir", sweep_dir) if multirun else ("hydra.run.dir", run_dir)
+    if not root:
+        return
+    for d in [Path(root), *(sorted(Path(root).iterdir()) if multirun and Path(root).is_dir() else [])]:
+        who = holder(d)
+        if who:
+            raise UserError(
+                f"{key}: {d} is in use by a running run ({who}); wait for it or choose another dir"
+            )

@@ -2,11 +2,18 @@
 
 Every run directory holds ``.hydra/`` (Hydra), ``run.json`` (identity, provenance, status, stage timings),
 ``metrics.json`` (final scalar metrics; written once, atomically, only on success) and per-stage JSONL logs.
+
+A run dir belongs to one live run at a time: :class:`RunRecord` holds an exclusive ``flock`` on
+``<run dir>/.run.lock`` while the run lives (the kernel drops it when the process dies, even by SIGKILL), and
+refuses a dir another live run holds. A later run in the same dir (a rerun of the same command, how an
+interrupted run resumes) takes it over. Default dir names carry the pid (:func:`run_stamp`), so runs started
+in the same second never meet.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import functools
 import hashlib
 import json
@@ -14,12 +21,16 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from vsd.errors import UserError
+
 PACKAGES = ("torch", "transformers", "hydra-core", "omegaconf", "wandb", "numpy", "pandas", "vsd")
 REPO_ROOT = Path(__file__).resolve().parents[1]
+LOCK_FILE = ".run.lock"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -118,6 +129,61 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def process_start_time(pid: int) -> float | None:
+    """Unix time at which process ``pid`` started (Linux ``/proc``), or None where that cannot be read."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22
+        btime = next(ln for ln in Path("/proc/stat").read_text().splitlines() if ln.startswith("btime "))
+        return int(btime.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def run_stamp() -> str:
+    """``<YYYY-mm-dd_HH-MM-SS>_<pid>``: the default run and sweep dir name (``${run_stamp:}``, conf/config.yaml).
+
+    The pid keeps two runs started in the same second on one host apart. Under torchrun every rank names the
+    dir after the agent (its parent process) and the agent's start time, so the local ranks agree on one dir
+    (ranks on several nodes still need an explicit ``hydra.run.dir``, docs/gpu.md).
+    """
+    pid, t = os.getpid(), time.time()
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        pid = os.getppid()
+        t = process_start_time(pid) or t
+    return f"{_dt.datetime.fromtimestamp(t):%Y-%m-%d_%H-%M-%S}_{pid}"
+
+
+def _lock(run_dir: Path, create: bool) -> int | None:
+    """An fd holding ``<run_dir>/.run.lock`` exclusively, or None if another process holds it (or, without
+    ``create``, there is no lock file)."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def holder(run_dir: Path) -> str | None:
+    """Who holds ``run_dir``: ``"pid N on HOST since START"`` for a live run, None when the dir is free."""
+    run_dir = Path(run_dir)
+    if not (run_dir / LOCK_FILE).exists():
+        return None
+    fd = _lock(run_dir, create=False)
+    if fd is not None:
+        os.close(fd)  # we got it: nobody holds it
+        return None
+    try:
+        run = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        run = {}
+    return f"pid {run.get('pid', '?')} on {run.get('hostname', '?')} since {run.get('start', '?')}"
+
+
 class RunRecord:
     """Writes ``run.json`` on every state change; ``metrics.json`` only once the run has succeeded."""
 
@@ -127,6 +193,8 @@ class RunRecord:
         self.data: dict[str, Any] = {
             "status": "running",
             "run_dir": str(self.dir),
+            "pid": os.getpid(),
+            "hostname": platform.node(),
             "seed": seed,
             "start": now(),
             "end": None,
@@ -138,13 +206,29 @@ class RunRecord:
             "versions": package_versions(),
             "machine": machine_info(),
         }
-        # A resumed run (same dir) must not keep stale results of an earlier attempt.
-        (self.dir / "metrics.json").unlink(missing_ok=True)
-        atomic_write_json(self.dir / "config.json", config)
-        self.flush()
+        self._lock_fd = _lock(self.dir, create=True)
+        if self._lock_fd is None:
+            raise UserError(
+                f"hydra.run.dir: {self.dir} is in use by a running run ({holder(self.dir)}); "
+                "wait for it to end or choose another hydra.run.dir"
+            )
+        try:
+            # A resumed run (same dir) must not keep stale results of an earlier attempt.
+            (self.dir / "metrics.json").unlink(missing_ok=True)
+            atomic_write_json(self.dir / "config.json", config)
+            self.flush()
+        except BaseException:
+            self.close()
+            raise
 
     def flush(self) -> None:
         atomic_write_json(self.dir / "run.json", self.data)
+
+    def close(self) -> None:
+        """Release the run dir (the process's exit would too)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def stage(self, name: str, seconds: float, **extra: Any) -> None:
         self.data["stages"][name] = {"seconds": round(seconds, 3), **extra}

@@ -32,8 +32,18 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 def register() -> None:
     """Register the root schema (conf/config.yaml lists ``base_config`` first) and the config resolvers."""
     ConfigStore.instance().store(name="base_config", node=Config)
+    _register_resolvers()
+
+
+def _register_resolvers() -> None:
+    from vsd.records import run_stamp
+
     if not OmegaConf.has_resolver("sqlite_file"):
         OmegaConf.register_new_resolver("sqlite_file", sqlite_file)
+    if not OmegaConf.has_resolver("run_stamp"):
+        # cached like Hydra's ${now:}: one value per config, copied into each job's config of a multirun (a
+        # launcher's job process gets the resolvers with Hydra's pickled state)
+        OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
 
 
 def sqlite_file(path: str) -> str:
@@ -169,6 +179,24 @@ def compose(
             dc, _ = _compose_one(list(combo), config_name)
             out.append((dc, to_config(dc)))
     return out
+
+
+def hydra_dirs(overrides: list[str]) -> tuple[str | None, str | None]:
+    """The run dir and the sweep dir Hydra would use for these overrides (sweeps at their first value)."""
+    from hydra import compose as hydra_compose
+    from hydra.core.hydra_config import HydraConfig
+
+    first = [a[0] for a in _axes(list(overrides)).values()]
+    out: list[str | None] = []
+    with _initialize():
+        dc = hydra_compose(config_name="config", overrides=first, return_hydra_config=True)
+        HydraConfig.instance().set_config(dc)
+        for key in ("hydra.run.dir", "hydra.sweep.dir"):
+            try:
+                out.append(str(OmegaConf.select(dc, key)))
+            except OmegaConfBaseException:  # an interpolation only Hydra's own run can resolve
+                out.append(None)
+    return out[0], out[1]
 
 
 def validate_multirun(
