@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vsd.config import Config, ConfigError, to_config
 from vsd.errors import UserError
-from vsd.records import RunRecord
+from vsd.records import RunLog, RunRecord
 from vsd.runtime import resolve_device, set_seed, set_threads
 from vsd.sweep import launcher_threads, swept_overrides
 from vsd.tracking import Tracker, make_tracker
@@ -87,8 +87,11 @@ def _swept_tags(job: dict[str, Any]) -> list[str]:
     return swept_overrides(job.get("overrides", []), job.get("sweep_dir"))
 
 
-def execute(dcfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
-    """Run the configured stages; returns the final metrics. Records failure before re-raising."""
+def execute(dcfg: DictConfig, run_dir: Path | None = None, log: RunLog | None = None) -> dict[str, Any]:
+    """Run the configured stages; returns the final metrics. Records failure before re-raising.
+
+    ``log``: the process's output copy (run.log); a rank other than 0 moves it into its own folder.
+    """
     cfg = to_config(dcfg)
     run_dir = Path(run_dir or cfg.paths.output_dir or ".")
     job = _job_info()
@@ -99,6 +102,8 @@ def execute(dcfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     dist_info = init_distributed(resolve_device(cfg.device))
     if not dist_info.main:
         run_dir = run_dir / f"rank{dist_info.rank}"
+        if log is not None:
+            log.retarget(run_dir / "run.log")
     # A multirun job takes the CPUs its launcher gave it (cpus_per_task), not every core (vsd/sweep.py).
     threads = set_threads(cfg.threads if cfg.threads is not None else launcher_threads())
     seed = set_seed(cfg.seed)
@@ -163,23 +168,36 @@ def print_summary(metrics: dict[str, Any], record: RunRecord) -> None:
     Console(width=100).print(t)
 
 
+def _log_path() -> Path:
+    """Hydra's job log file (``<run dir>/run.log``): the output of the run is copied there too."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    return Path(hc.runtime.output_dir) / f"{hc.job.name}.log"
+
+
 def hydra_task(dcfg: DictConfig) -> float | None:
-    """Entry called by @hydra.main: one line for user errors; a failed multirun job does not stop the sweep."""
+    """Entry called by @hydra.main: one line for user errors; a failed multirun job does not stop the sweep.
+    Everything the run prints (stage lines, progress, errors, the summary) also goes to run.log."""
     job = _job_info()
-    try:
-        metrics = execute(dcfg)
-        return metrics.get("eval/tau")
-    except (UserError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        if job.get("mode") != "multirun":
-            sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted: the run is recorded as failed; rerun the same command to resume", file=sys.stderr)
-        sys.exit(130)
-    except Exception:
-        traceback.print_exc()
-        if job.get("mode") != "multirun":
-            sys.exit(1)
+    with RunLog(_log_path()) as log:
+        try:
+            metrics = execute(dcfg, log=log)
+            return metrics.get("eval/tau")
+        except (UserError, ConfigError) as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            if job.get("mode") != "multirun":
+                sys.exit(1)
+        except KeyboardInterrupt:
+            print(
+                "interrupted: the run is recorded as failed; rerun the same command to resume",
+                file=sys.stderr,
+            )
+            sys.exit(130)
+        except Exception:
+            traceback.print_exc()
+            if job.get("mode") != "multirun":
+                sys.exit(1)
     return None
 
 

@@ -4,7 +4,8 @@ A run directory is any folder holding ``run.json`` (see vsd/records.py); single 
 ``outputs/<run_name>/<timestamp>/`` and multirun jobs under ``multirun/<timestamp>/<job_num>/``, and both are
 found by a recursive search. Folders that look like a run but cannot be read (no or corrupt ``run.json`` /
 ``config.json``, a completed run without a readable ``metrics.json``) are reported by name, as a warning and
-in ``df.attrs["problems"]``, and skipped. Failed and unfinished runs are kept, marked by ``status``/``error``.
+in ``df.attrs["problems"]``, and skipped. Failed and unfinished runs are kept, marked by ``status``/``error``; a run whose run.json says
+``running`` but whose process is gone or whose heartbeat stopped is ``dead`` (vsd.records.run_status).
 
 Columns of :func:`collect_runs`: the flattened resolved config (``loss.num_samples``, ``decoding.mode``, ...),
 the run fields in :data:`RUN_COLUMNS`, and every metric of ``metrics.json`` (``eval/tau``, ...). Config
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from vsd.records import run_status
 
 # Record files whose presence marks a folder as (a piece of) a run directory.
 RECORD_FILES = ("run.json", "config.json", "metrics.json", "eval.jsonl", "train_log.jsonl")
@@ -189,11 +192,12 @@ def _load_run(run_dir: Path, roots: list[Path], problems: list[Problem]) -> dict
             return None
     row = flatten(config)
     job = run.get("job") or {}
+    status, error = run_status(run)  # "dead" (with the reason) for a run that died without recording it
     row.update(
         run_id=_run_id(run_dir, roots),
         run_dir=str(run_dir),
-        status=run.get("status"),
-        error=run.get("error"),
+        status=status,
+        error=error,
         seed=run.get("seed", config.get("seed")),
         git_sha=run.get("git_sha"),
         git_dirty=run.get("git_dirty"),
