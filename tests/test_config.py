@@ -55,6 +55,9 @@ BAD = [
     (["model=nope"], "model/nope"),  # unknown option
     (["device=tpu"], "device"),
     (["train.batch_size=6", "train.grad_accum=4"], "train.grad_accum"),
+    (["+loss.nosuchkey=1"], "loss.nosuchkey"),  # Hydra's '+' adds keys past the struct flag
+    (["++model.draft.nosuchkey=1"], "model.draft.nosuchkey"),
+    (["+nosuchkey=1"], "nosuchkey"),
 ]
 
 
@@ -67,9 +70,12 @@ def test_bad_config_names_the_key(overrides, key):
     assert key in line, line
 
 
-def test_run_py_bad_key_is_one_line_and_leaves_nothing(tmp_path):
+@pytest.mark.parametrize(
+    "override,key", [("train.stepz=3", "train.stepz"), ("+loss.nosuchkey=1", "loss.nosuchkey")]
+)
+def test_run_py_bad_key_is_one_line_and_leaves_nothing(tmp_path, override, key):
     r = subprocess.run(
-        [PY, "run.py", "train.stepz=3", f"hydra.run.dir={tmp_path}/run"],
+        [PY, "run.py", override, f"hydra.run.dir={tmp_path}/run"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -77,8 +83,13 @@ def test_run_py_bad_key_is_one_line_and_leaves_nothing(tmp_path):
     )
     assert r.returncode == 2
     err = r.stderr.strip().splitlines()
-    assert len(err) == 1 and "train.stepz" in err[0], r.stderr
+    assert len(err) == 1 and key in err[0], r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_extra_stays_free_form():
+    _, cfg = compose(["+extra.note=hello", "+extra.sub.depth=2"])[0]
+    assert cfg.extra == {"note": "hello", "sub": {"depth": 2}}
 
 
 def test_sweep_syntax_composes_every_combination():
@@ -103,3 +114,38 @@ def test_sqlite_file_resolver_makes_the_folder(tmp_path: Path) -> None:
     cfg = OmegaConf.create({"db": "${sqlite_file:" + str(tmp_path / "a" / "b" / "study.db") + "}"})
     assert cfg.db == f"sqlite:///{tmp_path / 'a' / 'b' / 'study.db'}"
     assert (tmp_path / "a" / "b").is_dir()
+
+
+def test_sweep_jobs_whole_grid_or_value_by_value():
+    from vsd.config import sweep_jobs
+
+    axes = [["a=1", "a=2"], ["b=1", "b=2", "b=3"]]
+    assert len(sweep_jobs(axes, limit=6)) == 6  # small grid: every job
+    one_by_one = sweep_jobs(axes, limit=5)
+    assert one_by_one == [("a=1", "b=1"), ("a=2", "b=1"), ("a=1", "b=2"), ("a=1", "b=3")]
+
+
+@pytest.mark.parametrize(
+    "overrides,params,bad",
+    [
+        (["train.lr=1e-3,-1"], [], "train.lr=-1"),  # a later command-line value
+        (["seed=range(0,40)", "train.lr=1e-3,-1"], [], "train.lr=-1"),  # a grid too large to check whole
+        (["+sweep=paper_main"], ["decoding.temperature=0.0,-1"], "decoding.temperature=-1"),  # sweeper params
+        (["+sweep=paper_tune_eagle3"], ["loss.step_decay=interval(0.5, 1.5)"], "loss.step_decay=1.5"),
+    ],
+)
+def test_validate_multirun_names_the_bad_job(overrides, params, bad):
+    from vsd.config import validate_multirun
+
+    with pytest.raises(Exception) as ei:
+        validate_multirun(overrides, params)
+    line = format_error(ei.value)
+    assert "\n" not in line and bad in line, line
+
+
+def test_validate_multirun_counts_jobs_of_grids_and_optuna_intervals():
+    from vsd.config import validate_multirun
+
+    assert validate_multirun(["+sweep=paper_main"]) == 12  # 2 experiments x 3 seeds x 2 temperatures
+    # Optuna: experiment fixed, each interval checked at both ends (2 x 2), nothing launched
+    assert validate_multirun(["+sweep=paper_tune_eagle3"]) == 4

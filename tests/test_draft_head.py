@@ -87,3 +87,88 @@ def test_load_errors_name_the_file(setup, tmp_path):
 
     with pytest.raises(UserError, match="missing config.json"):
         DraftHead.load(tmp_path, target)
+
+
+def _flip(path, offset: int, n: int = 4096) -> None:
+    data = bytearray(path.read_bytes())
+    offset = min(offset, len(data) - n)
+    data[offset : offset + n] = bytes(b ^ 0xFF for b in data[offset : offset + n])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "vocab.safetensors"])
+@pytest.mark.parametrize("damage", ["flipped", "truncated"])
+def test_a_damaged_weight_file_is_one_line_naming_it(setup, tmp_path, name, damage):
+    import json
+
+    from vsd.errors import UserError
+
+    _, target, _, head = setup
+    d = head.save(tmp_path / "d")
+    f = d / name
+    if damage == "flipped":  # 4 KB of flipped bytes past the header: safetensors itself would load them
+        _flip(f, offset=f.stat().st_size // 2)
+    else:
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(UserError) as ei:
+        DraftHead.load(d, target)
+    msg = str(ei.value)
+    assert "\n" not in msg and str(f) in msg and "sha256" in msg and "download it again" in msg, msg
+    assert set(json.loads((d / "config.json").read_text())["sha256"]) == {
+        "model.safetensors",
+        "vocab.safetensors",
+    }
+
+
+def test_a_checkpoint_saved_before_checksums_loads_with_one_warning(setup, tmp_path):
+    import json
+
+    from vsd.errors import UserError
+
+    _, target, _, head = setup
+    d = head.save(tmp_path / "old")
+    meta = json.loads((d / "config.json").read_text())
+    meta.pop("sha256", None)  # as written before checksums existed (some of docs/records)
+    (d / "config.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="records no sha256"):
+        back = DraftHead.load(d, target)
+    assert torch.equal(back.d2t, head.d2t)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per checkpoint: the second load is silent
+        DraftHead.load(d, target)
+    # unchecked, a truncated file is still one line naming it, not a safetensors traceback
+    f = d / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:100])
+    with pytest.raises(UserError) as ei:
+        DraftHead.load(d, target)
+    assert "\n" not in str(ei.value) and str(f) in str(ei.value) and "unreadable" in str(ei.value)
+
+
+def test_run_py_stops_on_a_corrupt_draft_with_one_line(setup, tmp_path):
+    """Before checksums, flipped bytes in model.safetensors ran the eval to `completed` with a garbage tau."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.sweep_helpers import job_env
+
+    _, _, _, head = setup
+    d = head.save(tmp_path / "draft")
+    _flip(d / "model.safetensors", offset=(d / "model.safetensors").stat().st_size // 2)
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "run.py", "experiment=smoke", "stages=[eval]", f"draft.checkpoint={d}"]
+    cmd += [
+        "eval.max_turns=1",
+        "eval.per_category=1",
+        "decoding.max_new_tokens=4",
+        f"hydra.run.dir={run_dir}",
+    ]
+    r = subprocess.run(cmd, cwd=ROOT, env=job_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: draft checkpoint {d / 'model.safetensors'}: sha256"), r.stderr[-2000:]
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "failed" and not (run_dir / "metrics.json").exists()

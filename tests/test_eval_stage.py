@@ -86,3 +86,84 @@ def test_reference_eval_equals_decoded_eval_on_a_trained_draft(tmp_path):
     assert ref["eval/tau"] == pytest.approx(dec["eval/tau"]) and "eval/speedup" not in ref
     with pytest.raises(Exception, match="eval.method"):
         compose([*common, "decoding.temperature=1.0"])
+
+
+def _prompt_file(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+LONG = "word " * 3000  # > 2,048 positions of tiny_random
+
+
+def _run_file_suite(tmp_path, records, *extra):
+    prompts = _prompt_file(tmp_path / "prompts.jsonl", records)
+    overrides = [
+        "experiment=smoke",
+        "decoding=ngram",
+        "stages=[eval]",
+        "eval.suite=file",
+        f"eval.prompts={prompts}",
+        "eval.per_category=10",
+        "eval.warmup=0",
+        "eval.ar_baseline=false",
+        "decoding.max_new_tokens=8",
+        "threads=1",
+        *extra,
+    ]
+    dcfg, _ = compose(overrides)[0]
+    threads = torch.get_num_threads()
+    try:
+        return execute(dcfg, tmp_path / "run")
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_turns_too_long_for_the_context_are_skipped_and_counted(tmp_path):
+    records = [
+        {"id": "short", "turns": ["Say hi."]},
+        {"id": "long", "turns": [LONG]},
+        {"id": "two", "turns": [LONG, "And then?"]},
+    ]
+    metrics = _run_file_suite(tmp_path, records)
+    rows = {(r["id"], r["turn"]): r for r in map(json.loads, (tmp_path / "run" / "eval.jsonl").open())}
+    assert set(rows) == {("short", 0), ("long", 0), ("two", 0), ("two", 1)}
+    assert "skipped" not in rows[("short", 0)] and rows[("short", 0)]["spec"]["new_tokens"] > 0
+    reason = rows[("long", 0)]["skipped"]
+    n = rows[("long", 0)]["prompt_tokens"]
+    assert n > 2048 and reason == (
+        f"too long: prompt {n} + max_new_tokens 8 + verify rows 6 = {n + 14} > 2048 "
+        "(the target's max_position_embeddings)"
+    )
+    assert rows[("two", 1)]["skipped"].startswith("follows skipped turn 0 (too long: prompt")
+    assert rows[("two", 1)]["prompt_tokens"] is None and "spec" not in rows[("two", 1)]
+    assert metrics["eval/skipped_too_long"] == 3 and metrics["eval/num_turns"] == 1
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["eval_info"]["skipped_too_long"] == 3 and run["eval_info"]["turns"] == 1
+
+
+def test_an_eval_where_no_prompt_fits_is_one_line(tmp_path):
+    from vsd.errors import UserError
+
+    with pytest.raises(UserError) as ei:
+        _run_file_suite(tmp_path, [{"id": "long", "turns": [LONG]}])
+    assert "\n" not in str(ei.value) and str(ei.value).startswith("eval: every prompt is too long")
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_the_context_rule_and_its_limits():
+    from types import SimpleNamespace
+
+    from vsd.evaluation.runner import context_limit, too_long
+
+    target = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=2048), device=torch.device("cpu"))
+    _, cfg = compose(["decoding=tree", "decoding.max_new_tokens=128"])[0]
+    d = cfg.decoding  # tree of total_tokens 32: 33 verify rows
+    assert too_long(2048 - 128 - 33, target, d) is None
+    assert too_long(2048 - 128 - 32, target, d).endswith(
+        "= 2049 > 2048 (the target's max_position_embeddings)"
+    )
+    _, cfg = compose(["decoding=chain", "decoding.capture=static", "decoding.max_len=256"])[0]
+    assert context_limit(target, cfg.decoding) == (256, "decoding.max_len")  # the static runner's KV slots
+    _, cfg = compose(["decoding=chain", "decoding.capture=cuda_graph", "decoding.max_len=256"])[0]
+    assert context_limit(target, cfg.decoding)[0] == 2048  # no CUDA: the dynamic runner decodes

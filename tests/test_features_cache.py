@@ -121,7 +121,9 @@ def _ctx(tmp_path: Path, overrides):
 
     _, cfg = compose(OV + overrides)[0]
     run = tmp_path / "run"
-    return RunContext(cfg, run, tmp_path / "cache", "cpu", NullTracker(), RunRecord(run, 0, {}))
+    record = RunRecord(run, 0, {})
+    record.close()  # only writes files here; the contexts of this test share one run dir
+    return RunContext(cfg, run, tmp_path / "cache", "cpu", NullTracker(), record)
 
 
 def test_stages_contract_and_disjointness(tmp_path, monkeypatch):

@@ -85,3 +85,12 @@ def test_optuna_study_in_sqlite_grows_across_calls(tmp_path: Path) -> None:
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 2 and all(t.value >= 1.0 for t in done)  # eval/tau of each call's trial
     assert done[0].params != done[1].params
+
+
+def test_a_bad_later_sweep_value_fails_before_any_job(tmp_path: Path) -> None:
+    """The preflight validates every value of a swept key, not only the first: one line, exit 2, no sweep dir."""
+    proc, _ = run_sweep(tmp_path / "sw", [*FAST_JOB, "train.lr=1e-3,-1"], timeout=120)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(err) == 1 and "train.lr" in err[0] and "train.lr=-1" in err[0], proc.stderr
+    assert not (tmp_path / "sw").exists()

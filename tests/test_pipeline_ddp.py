@@ -33,3 +33,7 @@ def test_smoke_pipeline_under_torchrun(tmp_path):
     rank1 = json.loads((run_dir / "rank1" / "run.json").read_text())
     assert rank1["status"] == "completed" and rank1["rank"] == 1
     assert not (run_dir / "rank1" / "eval.jsonl").exists()
+    # each rank's output lands in its own run.log
+    assert "[vsd] stage eval done" in (run_dir / "run.log").read_text()
+    rank1_log = (run_dir / "rank1" / "run.log").read_text()
+    assert "[vsd] stage train done" in rank1_log and "stage eval" not in rank1_log

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import sys
 import time
 import traceback
@@ -20,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vsd.config import Config, ConfigError, to_config
 from vsd.errors import UserError
-from vsd.records import RunRecord
+from vsd.records import RunLog, RunRecord
 from vsd.runtime import resolve_device, set_seed, set_threads
 from vsd.sweep import launcher_threads, swept_overrides
 from vsd.tracking import Tracker, make_tracker
@@ -86,8 +87,11 @@ def _swept_tags(job: dict[str, Any]) -> list[str]:
     return swept_overrides(job.get("overrides", []), job.get("sweep_dir"))
 
 
-def execute(dcfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
-    """Run the configured stages; returns the final metrics. Records failure before re-raising."""
+def execute(dcfg: DictConfig, run_dir: Path | None = None, log: RunLog | None = None) -> dict[str, Any]:
+    """Run the configured stages; returns the final metrics. Records failure before re-raising.
+
+    ``log``: the process's output copy (run.log); a rank other than 0 moves it into its own folder.
+    """
     cfg = to_config(dcfg)
     run_dir = Path(run_dir or cfg.paths.output_dir or ".")
     job = _job_info()
@@ -98,15 +102,17 @@ def execute(dcfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     dist_info = init_distributed(resolve_device(cfg.device))
     if not dist_info.main:
         run_dir = run_dir / f"rank{dist_info.rank}"
+        if log is not None:
+            log.retarget(run_dir / "run.log")
     # A multirun job takes the CPUs its launcher gave it (cpus_per_task), not every core (vsd/sweep.py).
     threads = set_threads(cfg.threads if cfg.threads is not None else launcher_threads())
     seed = set_seed(cfg.seed)
     resolved = OmegaConf.to_container(dcfg, resolve=True)
     record = RunRecord(run_dir, seed, resolved, job)
-    record.update(threads=threads)
     tracker: Tracker | None = None
     ok = False
     try:
+        record.update(threads=threads)
         device = local_device(resolve_device(cfg.device), dist_info)
         record.update(device=device, world_size=dist_info.world, rank=dist_info.rank)
         group = Path(job["sweep_dir"]).name if job.get("sweep_dir") else None
@@ -143,6 +149,7 @@ def execute(dcfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     finally:
         if tracker is not None:
             tracker.finish(ok)
+        record.close()
 
 
 def print_summary(metrics: dict[str, Any], record: RunRecord) -> None:
@@ -161,34 +168,79 @@ def print_summary(metrics: dict[str, Any], record: RunRecord) -> None:
     Console(width=100).print(t)
 
 
+def _log_path() -> Path:
+    """Hydra's job log file (``<run dir>/run.log``): the output of the run is copied there too."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    return Path(hc.runtime.output_dir) / f"{hc.job.name}.log"
+
+
 def hydra_task(dcfg: DictConfig) -> float | None:
-    """Entry called by @hydra.main: one line for user errors; a failed multirun job does not stop the sweep."""
+    """Entry called by @hydra.main: one line for user errors; a failed multirun job does not stop the sweep.
+    Everything the run prints (stage lines, progress, errors, the summary) also goes to run.log."""
     job = _job_info()
-    try:
-        metrics = execute(dcfg)
-        return metrics.get("eval/tau")
-    except (UserError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        if job.get("mode") != "multirun":
-            sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted: the run is recorded as failed; rerun the same command to resume", file=sys.stderr)
-        sys.exit(130)
-    except Exception:
-        traceback.print_exc()
-        if job.get("mode") != "multirun":
-            sys.exit(1)
+    with RunLog(_log_path()) as log:
+        try:
+            metrics = execute(dcfg, log=log)
+            return metrics.get("eval/tau")
+        except (UserError, ConfigError) as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            if job.get("mode") != "multirun":
+                sys.exit(1)
+        except KeyboardInterrupt:
+            print(
+                "interrupted: the run is recorded as failed; rerun the same command to resume",
+                file=sys.stderr,
+            )
+            sys.exit(130)
+        except Exception:
+            traceback.print_exc()
+            if job.get("mode") != "multirun":
+                sys.exit(1)
     return None
 
 
 def preflight(argv: list[str]) -> None:
-    """Compose and validate before Hydra starts (so bad config is one line and leaves no run dir)."""
-    from vsd.config import compose, format_error
+    """Compose and validate before Hydra starts (so bad config is one line and leaves no run or sweep dir).
 
+    A multirun (``-m``) validates every job it would launch (:func:`vsd.config.validate_multirun`). A run dir
+    (or a sweep's job dir) that a live run holds is refused here too, before Hydra writes into it.
+    """
+    from vsd.config import compose, format_error, validate_multirun
+
+    multirun = any(a in ("-m", "--multirun") for a in argv) or "hydra.mode=MULTIRUN" in argv
     overrides = [a for a in argv if not a.startswith("-") and "=" in a and not a.startswith("hydra.")]
     overrides = [a for a in overrides if not a.startswith(("hydra/", "+hydra"))]
+    params = [a.removeprefix("hydra.sweeper.params.") for a in argv if a.startswith("hydra.sweeper.params.")]
+    dirs = [a for a in argv if a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
     try:
-        compose(overrides)
+        if multirun:
+            validate_multirun(overrides, params)
+        else:
+            compose(overrides)
     except Exception as e:  # noqa: BLE001 - every composition error becomes one line
         print(format_error(e), file=sys.stderr)
         sys.exit(2)
+    if os.environ.get("RANK", "0") == "0":  # torchrun's other ranks may start after rank 0 took the dir
+        try:
+            _refuse_dir_in_use([*overrides, *dirs], multirun)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+
+def _refuse_dir_in_use(overrides: list[str], multirun: bool) -> None:
+    from vsd.config import hydra_dirs
+    from vsd.records import holder
+
+    run_dir, sweep_dir = hydra_dirs(overrides)
+    key, root = ("hydra.sweep.dir", sweep_dir) if multirun else ("hydra.run.dir", run_dir)
+    if not root:
+        return
+    for d in [Path(root), *(sorted(Path(root).iterdir()) if multirun and Path(root).is_dir() else [])]:
+        who = holder(d)
+        if who:
+            raise UserError(
+                f"{key}: {d} is in use by a running run ({who}); wait for it or choose another dir"
+            )

@@ -18,7 +18,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from vsd.records import atomic_write_json, now
+from vsd.records import atomic_write_json, now, run_status
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SWEEPS_DIR = REPO_ROOT / "sweeps"
@@ -108,11 +108,29 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def error_from_log(job_dir: Path) -> str | None:
+    """The error a job printed before it died, from its ``run.log`` (vsd.records.RunLog): the last
+    ``error: ...`` line, else the last line of a traceback; None when there is neither."""
+    try:
+        lines = [ln.strip() for ln in (Path(job_dir) / "run.log").read_text(errors="replace").splitlines()]
+    except OSError:
+        return None
+    errors = [ln.removeprefix("error: ") for ln in lines if ln.startswith("error: ")]
+    if errors:
+        return errors[-1]
+    if any(ln.startswith("Traceback (most recent call last)") for ln in lines):
+        return next((ln for ln in reversed(lines) if ln), None)
+    return None
+
+
 def summarize(sweep_dir: Path) -> dict[str, Any]:
-    """One row per job: dir, status (completed | failed | running | missing), error, overrides, key metrics.
+    """One row per job: dir, status (completed | failed | running | dead | missing), error, overrides, key
+    metrics.
 
     ``missing`` means Hydra created the job dir but the job never wrote run.json (it died before starting,
-    e.g. killed by the scheduler); ``running`` after the sweep ended means it died without recording.
+    e.g. a config error or killed by the scheduler); its error comes from its run.log when it printed one.
+    ``dead``: run.json says running but the process is gone or its heartbeat stopped
+    (:func:`vsd.records.run_status`, which gives the reason as the error).
     """
     sweep_dir = Path(sweep_dir)
     swept = swept_keys(sweep_dir)
@@ -123,11 +141,12 @@ def summarize(sweep_dir: Path) -> dict[str, Any]:
         overrides = (run.get("job") or {}).get("overrides")
         if overrides is None and (d / ".hydra" / "overrides.yaml").exists():
             overrides = list(OmegaConf.load(d / ".hydra" / "overrides.yaml"))
+        status, error = run_status(run) if run else ("missing", error_from_log(d))
         jobs.append(
             {
                 "dir": d.relative_to(sweep_dir).as_posix(),
-                "status": run.get("status", "missing"),
-                "error": run.get("error"),
+                "status": status,
+                "error": error,
                 "overrides": overrides or [],
                 "swept": [o for o in (overrides or []) if o.lstrip("+~").split("=", 1)[0] in swept],
                 "wandb_run_id": run.get("wandb_run_id"),

@@ -6,7 +6,8 @@ by a recursive search, and so are compacted runs (lines of a part's ``runs.jsonl
 them in: vsd/analysis/record_store.py), which give the same rows. Folders that look like a run but cannot be
 read (no or corrupt ``run.json`` / ``config.json``, a completed run without a readable ``metrics.json``) are
 reported by name, as a warning and in ``df.attrs["problems"]``, and skipped. Failed and unfinished runs are
-kept, marked by ``status``/``error``.
+kept, marked by ``status``/``error``; a run whose run.json says ``running`` but whose process is gone or whose
+heartbeat stopped is ``dead`` (vsd.records.run_status).
 
 Columns of :func:`collect_runs`: the flattened resolved config (``loss.num_samples``, ``decoding.mode``, ...),
 the run fields in :data:`RUN_COLUMNS`, and every metric of ``metrics.json`` (``eval/tau``, ...). Config
@@ -32,6 +33,7 @@ from vsd.analysis.record_store import (  # noqa: F401  (RECORD_FILES, find_run_d
     find_runs,
     open_run,
 )
+from vsd.records import run_status
 
 RUN_COLUMNS = (
     "run_id",
@@ -142,11 +144,12 @@ def _load_run(src: StoredRun, roots: list[Path], problems: list[Problem]) -> dic
             return None
     row = flatten(config)
     job = run.get("job") or {}
+    status, error = run_status(run)  # "dead" (with the reason) for a run that died without recording it
     row.update(
         run_id=_run_id(run_dir, roots),
         run_dir=str(run_dir),
-        status=run.get("status"),
-        error=run.get("error"),
+        status=status,
+        error=error,
         seed=run.get("seed", config.get("seed")),
         git_sha=run.get("git_sha"),
         git_dirty=run.get("git_dirty"),

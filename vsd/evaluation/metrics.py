@@ -85,13 +85,18 @@ def compute_metrics(rows: list[Row]) -> dict[str, float]:
     A row: ``{"category", "ar": run|None, "spec": run, "peers": {name: run | {"skipped": reason}},
     "match": bool|None, "diverge_at": int|None, "diverge_gap": float|None, "near_tie": bool|None}`` where a
     run is ``{"new_tokens", "target_forwards", "wall_s", ["drafted", "accepted", "tree_depth", "match"]}``.
-    Keys: ``eval/tau``, ``eval/speedup``, ``eval/tokens_per_s``, ``eval/ar_tokens_per_s``,
+    Rows with ``"skipped"`` (a turn too long for the context) are not decoded: they only count in
+    ``eval/skipped_too_long``. Keys: ``eval/tau``, ``eval/speedup``, ``eval/tokens_per_s``, ``eval/ar_tokens_per_s``,
     ``eval/lossless_match``, ``eval/alpha_<k>``, the same per category as ``eval/<category>/...``, and
     ``eval/peer/<name>/{tau,tokens_per_s,speedup,lossless_match}``.
     """
     if not rows:
         return {}
-    out: dict[str, float] = {}
+    skipped = sum("skipped" in r for r in rows)  # turns too long for the context, not decoded
+    rows = [r for r in rows if "skipped" not in r]
+    out: dict[str, float] = {"eval/skipped_too_long": float(skipped)}
+    if not rows:
+        return out
     groups: dict[str, list[Row]] = {"": list(rows)}
     for r in rows:
         groups.setdefault(f"{r['category']}/", []).append(r)

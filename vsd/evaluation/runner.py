@@ -13,6 +13,13 @@ A row of ``eval.jsonl`` (one per prompt turn):
 ``match`` (T=0 only) says whether the speculative ids equal the AR ids; at the first differing index,
 ``diverge_gap`` is the AR top-1 minus top-2 logit gap there and ``near_tie`` whether it is below
 ``decoding.near_tie_eps`` or equal to it (bf16 kernels may flip a near-tie; see method.md "Metrics").
+
+A turn too long for the target's context is not decoded (docs/eval.md, "Prompts longer than the context"):
+it needs ``prompt_tokens + decoding.max_new_tokens + verify rows <= limit`` (verify rows: 1 +
+``decoding.total_tokens`` for trees, 1 + ``decoding.depth`` for chains; limit: the target's
+``max_position_embeddings``, and ``decoding.max_len`` if smaller when a static runner decodes). Its row is
+``{"id", "category", "source", "turn", "prompt_tokens", "skipped": reason}``, and so are the rows of the
+record's later turns (they would extend it); metrics count them as ``eval/skipped_too_long``.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from typing import Any
 import torch
 
 from vsd.config.schema import DecodingConfig, EvalConfig
+from vsd.errors import UserError
 from vsd.records import append_jsonl
 from vsd.runtime import synchronize
 
@@ -122,6 +130,33 @@ def hf_generate(
     return {"new_tokens": len(new), "target_forwards": counter.n, "wall_s": wall, "ids": new}
 
 
+def verify_rows(dcfg: DecodingConfig) -> int:
+    """Rows of one verification forward at most: the root plus the largest tree (or chain) drafted."""
+    return 1 + (dcfg.total_tokens if dcfg.mode == "tree" else dcfg.depth)
+
+
+def context_limit(target, dcfg: DecodingConfig) -> tuple[int | None, str]:
+    """The most positions one generation may use, and the key it comes from (None: no known limit)."""
+    limit = getattr(target.config, "max_position_embeddings", None)
+    source = "the target's max_position_embeddings"
+    static = dcfg.capture == "static" or (dcfg.capture == "cuda_graph" and target.device.type == "cuda")
+    if static and (limit is None or dcfg.max_len < limit):
+        limit, source = dcfg.max_len, "decoding.max_len"
+    return limit, source
+
+
+def too_long(n_prompt: int, target, dcfg: DecodingConfig) -> str | None:
+    """Why a prompt of ``n_prompt`` tokens cannot be decoded within the context, or None when it fits."""
+    limit, source = context_limit(target, dcfg)
+    need = n_prompt + dcfg.max_new_tokens + verify_rows(dcfg)
+    if limit is None or need <= limit:
+        return None
+    return (
+        f"too long: prompt {n_prompt} + max_new_tokens {dcfg.max_new_tokens} + verify rows "
+        f"{verify_rows(dcfg)} = {need} > {limit} ({source})"
+    )
+
+
 class EvalRunner:
     """Runs AR, speculative and peer decoding per prompt turn and appends rows to ``out_path``."""
 
@@ -173,6 +208,19 @@ class EvalRunner:
         raise ValueError(f"eval.peers: unknown peer {name!r}")
 
     # ------------------------------------------------------------------ public
+    def first_fitting_prompt(self, records: list[dict[str, Any]]) -> list[int]:
+        """Ids of the first record's first turn that fits the context (warm-up, cost model); a one-line
+        UserError when none does: then every turn would be skipped (later turns only grow)."""
+        for rec in records:
+            ids = self.target.chat_ids([{"role": "user", "content": rec["turns"][0]}])
+            if too_long(len(ids), self.target, self.dcfg) is None:
+                return ids
+        first = self.target.chat_ids([{"role": "user", "content": records[0]["turns"][0]}])
+        raise UserError(
+            f"eval: every prompt is too long for the context, e.g. {records[0]['id']}: "
+            f"{too_long(len(first), self.target, self.dcfg)}; lower decoding.max_new_tokens or use shorter prompts"
+        )
+
     def warmup(self, prompt_ids: list[int]) -> None:
         """``eval.warmup`` untimed rounds of every method (first calls run 2-4x slower: allocator, kernels)."""
         for i in range(self.ecfg.warmup):
@@ -237,17 +285,33 @@ class EvalRunner:
 
         if not records:
             return []
-        first = self.target.chat_ids([{"role": "user", "content": records[0]["turns"][0]}])
-        self.warmup(first)
+        self.warmup(self.first_fitting_prompt(records))
         rows: list[dict[str, Any]] = []
         total = sum(min(len(r["turns"]), self.ecfg.max_turns) for r in records)
         bar = tqdm(total=total, desc="eval", unit="turn", disable=not progress, dynamic_ncols=True)
         try:
             for rec in records:
                 messages: list[dict[str, str]] = []
+                skipped = None
                 for turn, text in enumerate(rec["turns"][: self.ecfg.max_turns]):
                     messages.append({"role": "user", "content": text})
-                    ids = self.target.chat_ids(messages)
+                    ids = self.target.chat_ids(messages) if skipped is None else None
+                    reason = too_long(len(ids), self.target, self.dcfg) if ids is not None else skipped
+                    if reason is not None:
+                        skipped = skipped or f"follows skipped turn {turn} ({reason})"
+                        row = {
+                            "id": rec["id"],
+                            "category": rec["category"],
+                            "source": rec.get("source"),
+                            "turn": turn,
+                            "prompt_tokens": len(ids) if ids is not None else None,
+                            "skipped": reason,
+                        }
+                        rows.append(row)
+                        if self.out_path is not None:
+                            append_jsonl(self.out_path, row)
+                        bar.update(1)
+                        continue
                     row, ref = self.run_turn(rec, turn, ids)
                     rows.append(row)
                     if self.out_path is not None:

@@ -99,16 +99,25 @@ def run(ctx) -> dict[str, float]:
         flush=True,
     )
     rows = runner.run(records)
-    metrics = compute_metrics(rows)
-    first_prompt = target.chat_ids([{"role": "user", "content": records[0]["turns"][0]}])
-    costs = measure_forward_costs(target, first_prompt, cfg.decoding)
-    metrics.update(cost_metrics(costs, rows, cfg.decoding, metrics["eval/tau"]))
+    metrics = compute_metrics(
+        rows
+    )  # counts turns skipped as too long for the context (eval/skipped_too_long)
+    decoded = [r for r in rows if "skipped" not in r]
+    if len(decoded) < len(rows):
+        print(
+            f"[vsd] eval: {len(rows) - len(decoded)} of {len(rows)} turns skipped, too long for the context "
+            "(reasons in eval.jsonl; rule in docs/eval.md)",
+            flush=True,
+        )
+    costs = measure_forward_costs(target, runner.first_fitting_prompt(records), cfg.decoding)
+    metrics.update(cost_metrics(costs, decoded, cfg.decoding, metrics["eval/tau"]))
     ctx.record.update(
         eval_info={
             "suite": cfg.eval.suite,
             "split": cfg.eval.split,
             "prompts": len(records),
-            "turns": len(rows),
+            "turns": len(decoded),
+            "skipped_too_long": len(rows) - len(decoded),
             "drafter": cfg.decoding.drafter,
             "draft_dir": str(ctx.artifacts.get("draft_dir") or cfg.draft.checkpoint or ""),
             "peers_skipped": {"hf_assisted": skip_reason} if assistant is None and skip_reason else {},

@@ -13,8 +13,10 @@ target's, frozen, and is not saved with the draft (it is copied from the target 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -400,7 +402,8 @@ class DraftHead(nn.Module):
 
     # ---------------------------------------------------------------- save / load
     def save(self, out_dir: str | Path) -> Path:
-        """Write safetensors (trained weights, no embedding), config.json and the vocab maps."""
+        """Write safetensors (trained weights, no embedding), the vocab maps, and config.json with the sha256
+        of both weight files (checked by :meth:`load`)."""
         from safetensors.torch import save_file
 
         out = Path(out_dir)
@@ -414,14 +417,18 @@ class DraftHead(nn.Module):
         save_file({"d2t": self.d2t.cpu(), "t2d": self.t2d.cpu()}, str(out / VOCAB_FILE))
         meta = {"format": "vsd-eagle3-head", "version": 1, "head": asdict(self.hc)}
         meta["trainable_parameters"] = self.num_trainable_parameters()
+        meta["sha256"] = {f: file_sha256(out / f) for f in CHECKED_FILES}
         (out / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
         return out
 
     @classmethod
     def load(cls, path: str | Path, target, device: str | torch.device = "cpu") -> DraftHead:
-        """Rebuild a saved head; the frozen embedding is copied from ``target`` (checked for geometry)."""
-        from safetensors.torch import load_file
+        """Rebuild a saved head; the frozen embedding is copied from ``target`` (checked for geometry).
 
+        The weight files are checked against the sha256 in config.json first: a corrupt, truncated or
+        unreadable file is a one-line :class:`UserError` naming it. A checkpoint saved before checksums
+        (no ``sha256``) loads unchecked, with a warning once per directory.
+        """
         p = Path(path)
         cfg_file = p / CONFIG_FILE
         if not cfg_file.exists() or not (p / WEIGHTS_FILE).exists() or not (p / VOCAB_FILE).exists():
@@ -429,8 +436,10 @@ class DraftHead(nn.Module):
         try:
             meta = json.loads(cfg_file.read_text())
             hc = HeadConfig(**meta["head"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise UserError(f"draft checkpoint {cfg_file}: unreadable config ({e})") from e
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            why = " ".join(str(e).split())
+            raise UserError(f"draft checkpoint {cfg_file}: unreadable config ({why}); {_RESTORE_HINT}") from e
+        _check_files(p, meta.get("sha256"))
         if hc.hidden_size != target.hidden_size or hc.target_vocab_size != target.vocab_size:
             raise UserError(
                 f"draft checkpoint {p}: built for a target with H={hc.hidden_size}, V={hc.target_vocab_size} "
@@ -438,15 +447,73 @@ class DraftHead(nn.Module):
                 f"V={target.vocab_size}"
             )
         head = cls(hc, target.model.get_input_embeddings().weight.detach().float())
-        state = load_file(str(p / WEIGHTS_FILE))
+        state = _read_safetensors(p / WEIGHTS_FILE)
         missing, unexpected = head.load_state_dict(state, strict=False)
         missing = [m for m in missing if not m.startswith(("embed_tokens.", "d2t", "t2d"))]
         if missing or unexpected:
             raise UserError(
                 f"draft checkpoint {p}: weights do not match (missing {missing}, extra {unexpected})"
             )
-        head.set_vocab(load_file(str(p / VOCAB_FILE))["d2t"])
+        head.set_vocab(_read_safetensors(p / VOCAB_FILE)["d2t"])
         return head.to(device)
+
+
+# Files of a draft checkpoint whose sha256 config.json records.
+CHECKED_FILES = (WEIGHTS_FILE, VOCAB_FILE)
+_RESTORE_HINT = (
+    "the file is corrupt or incomplete; download it again (or, for a draft shipped in the repository, "
+    "`git checkout -- <file>`) to restore it"
+)
+_WARNED_UNCHECKED: set[str] = set()
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_files(ckpt: Path, recorded: dict[str, str] | None) -> None:
+    """Compare each weight file with its recorded sha256; warn once per checkpoint saved without them."""
+    if not recorded:
+        if str(ckpt) not in _WARNED_UNCHECKED:
+            _WARNED_UNCHECKED.add(str(ckpt))
+            warnings.warn(
+                f"draft checkpoint {ckpt}: config.json records no sha256 (saved before checksums); "
+                "its weight files are loaded unchecked",
+                stacklevel=3,
+            )
+        return
+    for name in CHECKED_FILES:
+        f = ckpt / name
+        want = recorded.get(name)
+        try:
+            got = file_sha256(f)
+        except OSError as e:
+            raise UserError(f"draft checkpoint {f}: unreadable ({e.strerror or e}); {_RESTORE_HINT}") from e
+        if want is None:
+            raise UserError(f"draft checkpoint {ckpt / CONFIG_FILE}: no sha256 for {name}; {_RESTORE_HINT}")
+        if got != want:
+            raise UserError(
+                f"draft checkpoint {f}: sha256 {got[:12]}... differs from {want[:12]}... recorded in "
+                f"{CONFIG_FILE}; {_RESTORE_HINT}"
+            )
+
+
+def _read_safetensors(f: Path) -> dict[str, torch.Tensor]:
+    """``load_file`` with a one-line error naming the file (a truncated file of an unchecked checkpoint)."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(f))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types; all mean a bad file
+        first = " ".join(str(e).split())[:200]
+        raise UserError(
+            f"draft checkpoint {f}: unreadable ({type(e).__name__}: {first}); {_RESTORE_HINT}"
+        ) from e
 
 
 def build_head(target, dcfg, d2t: torch.Tensor, seed: int | None = None) -> DraftHead:
