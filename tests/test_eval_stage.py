@@ -167,3 +167,25 @@ def test_the_context_rule_and_its_limits():
     assert context_limit(target, cfg.decoding) == (256, "decoding.max_len")  # the static runner's KV slots
     _, cfg = compose(["decoding=chain", "decoding.capture=cuda_graph", "decoding.max_len=256"])[0]
     assert context_limit(target, cfg.decoding)[0] == 2048  # no CUDA: the dynamic runner decodes
+
+
+def test_reference_eval_refuses_too_long_turns_by_the_same_rule(tmp_path):
+    records = [{"id": "short", "turns": ["Say hi."]}, {"id": "two", "turns": [LONG, "And then?"]}]
+    prompts = _prompt_file(tmp_path / "prompts.jsonl", records)
+    over = [
+        "experiment=smoke",
+        "eval.suite=file",
+        f"eval.prompts={prompts}",
+        "eval.method=reference",
+        "threads=1",
+    ]
+    threads = torch.get_num_threads()
+    try:
+        metrics = execute(compose([*over, "decoding.max_new_tokens=8"])[0][0], tmp_path / "run")
+    finally:
+        torch.set_num_threads(threads)
+    rows = {(r["id"], r["turn"]): r for r in map(json.loads, (tmp_path / "run" / "eval.jsonl").open())}
+    assert rows[("two", 0)]["skipped"].startswith("too long: prompt")
+    assert rows[("two", 1)]["skipped"].startswith("follows skipped turn 0")
+    assert rows[("short", 0)]["spec"]["new_tokens"] > 0
+    assert metrics["eval/skipped_too_long"] == 2 and metrics["eval/num_turns"] == 1

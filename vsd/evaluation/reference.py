@@ -33,7 +33,7 @@ from vsd.data.shards import content_key, target_fingerprint
 from vsd.models.tree_draft import accepted_by_reference, grow_anchor_trees
 
 CALIB_BINS = 10
-REF_VERSION = 1  # bump when what is cached changes
+REF_VERSION = 2  # bump when what is cached changes
 
 
 def reference_key(target: Any, records: list[dict], dcfg: DecodingConfig, ecfg: EvalConfig) -> str:
@@ -69,6 +69,7 @@ def build_references(
     from tqdm.auto import tqdm
 
     from vsd.decoding.engine import generate_ar
+    from vsd.evaluation.runner import too_long
 
     key = reference_key(target, records, dcfg, ecfg)
     path = Path(cache_dir) / "references" / f"{key}.pt"
@@ -82,9 +83,18 @@ def build_references(
         bar = tqdm(total=total, desc="references", unit="turn", disable=not progress, dynamic_ncols=True)
         for rec in records:
             messages: list[dict[str, str]] = []
+            skipped = None
             for turn, text in enumerate(rec["turns"][: ecfg.max_turns]):
                 messages.append({"role": "user", "content": text})
-                ids = target.chat_ids(messages)
+                ids = target.chat_ids(messages) if skipped is None else None
+                reason = too_long(len(ids), target, dcfg) if ids is not None else skipped
+                if reason is not None:  # the decode eval's rule: refused, and so are the turns after it
+                    skipped = skipped or f"follows skipped turn {turn} ({reason})"
+                    out.append(
+                        {"id": str(rec["id"]), "category": rec["category"], "turn": turn, "skipped": reason}
+                    )
+                    bar.update(1)
+                    continue
                 res = generate_ar(target, ids, greedy)
                 out.append(
                     {
@@ -188,11 +198,15 @@ def reference_steps(
 def reference_rows(
     head: Any, target: Any, refs: list[dict[str, Any]], dcfg: DecodingConfig, progress: bool = True
 ) -> list[dict[str, Any]]:
-    """eval.jsonl rows (``"method": "reference"``, no AR or peer runs) for every reference turn."""
+    """eval.jsonl rows (``"method": "reference"``, no AR or peer runs) for every reference turn; a turn too long
+    for the context (the decode eval's rule, vsd.evaluation.runner.too_long) gets its ``skipped`` row."""
     from tqdm.auto import tqdm
 
     rows = []
     for ref in tqdm(refs, desc="eval (reference)", unit="turn", disable=not progress, dynamic_ncols=True):
+        if "skipped" in ref:
+            rows.append({k: ref[k] for k in ("id", "category", "turn", "skipped")} | {"method": "reference"})
+            continue
         rows.append(
             {
                 "id": ref["id"],

@@ -51,6 +51,10 @@ def _run_reference(ctx, records: list[dict], drafter) -> dict[str, float]:
         append_jsonl(out, row)
     metrics = {k: v for k, v in compute_metrics(rows).items() if v == v}  # no timing: drop the NaN rates
     metrics["eval/reference"] = 1.0
+    if not any("skipped" not in r for r in rows):
+        raise UserError(
+            "eval: every prompt turn is too long for the context (see eval.jsonl's skipped reasons)"
+        )
     ctx.record.update(
         eval_info={
             "suite": cfg.eval.suite,
