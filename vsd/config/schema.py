@@ -61,6 +61,8 @@ class DraftHeadConfig:
     intermediate_size: int | None = None  # None: the target's MLP width
     feature_layers: list[int] | None = None  # None: [2, L//2, L-3] (hidden states entering those layers)
     feature_norm: bool = True  # RMSNorm per feature block before fusion (this project's choice; EAGLE-3: off)
+    base: str | None = None  # a draft shipped with vsd for this target (vsd/drafts/<base>): "shipped" in
+    # train.init_from / draft.checkpoint names it
 
     def __post_init__(self) -> None:
         _positive("model.draft.vocab_size", self.vocab_size)

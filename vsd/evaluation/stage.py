@@ -30,11 +30,16 @@ def make_drafter(ctx) -> Any:
             "draft.checkpoint: decoding.drafter=eagle3 needs a trained draft (run the train stage or set "
             "draft.checkpoint=DIR), or use decoding=ngram"
         )
-    if not Path(where).expanduser().is_dir():
-        raise UserError(f"draft.checkpoint: draft directory {where} does not exist")
-    from vsd.models.draft import load_draft  # the draft model code is only needed for this drafter
+    from vsd.models.draft import load_draft, resolve_draft_dir  # only this drafter needs the model code
 
-    return load_draft(Path(where).expanduser(), ctx.target)
+    path = (
+        Path(where)
+        if "draft_dir" in ctx.artifacts
+        else resolve_draft_dir(where, cfg.model, "draft.checkpoint")
+    )
+    if not path.is_dir():
+        raise UserError(f"draft.checkpoint: draft directory {where} does not exist")
+    return load_draft(path, ctx.target)
 
 
 def _run_reference(ctx, records: list[dict], drafter) -> dict[str, float]:

@@ -542,6 +542,26 @@ def vocab_from_counts(counts: torch.Tensor, size: int) -> dict[str, torch.Tensor
     return {"d2t": d2t, "t2d": t2d, "coverage": counts[d2t].sum() / total}
 
 
+SHIPPED = "shipped"
+DRAFTS_DIR = Path(__file__).resolve().parents[1] / "drafts"  # drafts shipped with vsd (package data)
+
+
+def resolve_draft_dir(value: str, model_cfg, key: str) -> Path:
+    """A draft directory from a config value: ``shipped`` is the model's shipped base draft
+    (``model.draft.base`` under vsd/drafts/), anything else a path. ``key`` names the config key in errors."""
+    if value != SHIPPED:
+        return Path(value).expanduser()
+    base = model_cfg.draft.base
+    if not base:
+        raise UserError(f"{key}: model {model_cfg.name} ships no base draft (model.draft.base is unset)")
+    d = DRAFTS_DIR / base
+    if not d.is_dir():
+        raise UserError(
+            f"{key}: the shipped draft {d} is missing (restore it: git checkout -- vsd/drafts/{base})"
+        )
+    return d
+
+
 def load_draft(path: str | Path, target, device: str | torch.device | None = None):
     """A saved draft dir -> an EagleDrafter (vsd.decoding Drafter protocol) on ``device`` (target's default)."""
     from vsd.models.drafter_eagle import EagleDrafter

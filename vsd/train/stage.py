@@ -27,9 +27,12 @@ from vsd.train.trainer import Trainer, init_distributed, local_device
 CADENCE_KEYS = ("ckpt_every", "log_every", "heldout_every")  # do not change results: not in the key
 
 
-def checkpoint_key(cfg, d2t: torch.Tensor, n_train: int) -> str:
-    """Hash of everything that changes the trained weights (not cadence, not where the run dir is)."""
+def checkpoint_key(cfg, d2t: torch.Tensor, n_train: int, init_sha256: dict | None = None) -> str:
+    """Hash of everything that changes the trained weights (not cadence, not where the run dir is). A warm
+    start counts by its weights (``init_sha256``, from its config.json), not by its path."""
     train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in CADENCE_KEYS}
+    if init_sha256:
+        train["init_from"] = init_sha256
     blob = {
         "model": dataclasses.asdict(cfg.model),
         "dataset": dataclasses.asdict(cfg.dataset),
@@ -66,8 +69,13 @@ def run(ctx) -> dict[str, float]:
     target = ctx.target
     train_ds, heldout_ds, collate, vocab = _source(ctx)
 
+    init_sha256 = None
     if cfg.train.init_from:
-        head = DraftHead.load(cfg.train.init_from, target, device=device)
+        from vsd.models.draft import CONFIG_FILE, resolve_draft_dir
+
+        init_dir = resolve_draft_dir(cfg.train.init_from, cfg.model, "train.init_from")
+        head = DraftHead.load(init_dir, target, device=device)
+        init_sha256 = json.loads((init_dir / CONFIG_FILE).read_text()).get("sha256")
         if not torch.equal(head.d2t.cpu(), torch.as_tensor(vocab["d2t"]).cpu()):
             print("[vsd] train.init_from: the draft's vocab differs from the data's; training on the draft's")
         vocab = {"d2t": head.d2t.cpu(), "t2d": head.t2d.cpu()}
@@ -82,7 +90,7 @@ def run(ctx) -> dict[str, float]:
             return {}
         return {**finalize_logs(sums, cfg.loss.ttt_steps, cfg.loss.step_decay), **finalize_vsd_logs(sums)}
 
-    key = checkpoint_key(cfg, torch.as_tensor(vocab["d2t"]), len(train_ds))
+    key = checkpoint_key(cfg, torch.as_tensor(vocab["d2t"]), len(train_ds), init_sha256)
     ckpt_dir = ctx.cache_dir / "checkpoints" / key
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(
