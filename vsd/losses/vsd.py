@@ -23,7 +23,8 @@ re-seeded identically at every evaluation (:meth:`VSDLoss.heldout_mode`), so eva
 
 Diagnostics (logged per step, train and held-out, as counters summed over micro-batches and ranks and turned
 into ratios by :func:`finalize_vsd_logs`): ``vsd/novel_frac`` (kept tokens that differ from the data token at
-the same position: where the E-step adds paths EAGLE-3 never trains on), ``vsd/oracle_vs_data`` (positions whose
+the same position, among kept tokens the data has a token for: where the E-step adds paths EAGLE-3 never
+trains on), ``vsd/oracle_vs_data`` (positions whose
 context is the data's where the oracle's argmax is not the data token), ``vsd/distinct_prefixes`` (distinct kept
 paths per anchor with any), ``vsd/arw_at_cap`` and ``vsd/ess_adapt`` (ARW), ``vsd/grad_cos`` (every
 ``loss.grad_cosine_every`` steps: cosine between the gradients of L_M and L_EAGLE3 on the draft).
@@ -318,6 +319,18 @@ class VSDLoss(Eagle3Loss):
             trees.depths,
             trees.parents,
         )
+        # oracle vs data (diagnostic) at every node whose path so far is the data's: greedy there vs the data token
+        ids, am = batch["input_ids"], batch["attention_mask"].bool()
+        T = ids.shape[1]
+        pos = anchors[..., None] + trees.depths  # (B, A, N): the position the node's token would fill
+        inside = (pos < T) & am.gather(1, pos.clamp(max=T - 1).view(B, -1)).view(pos.shape)
+        data = torch.where(inside, ids.gather(1, pos.clamp(max=T - 1).view(B, -1)).view(pos.shape), -1)
+        on_data = toks_t == data
+        for _ in range(D - 1):
+            pa = trees.parents
+            on_data = (toks_t == data) & torch.where(pa >= 0, on_data.gather(-1, pa.clamp(min=0)), True)
+        pa = trees.parents
+        ctx = torch.where(pa >= 0, on_data.gather(-1, pa.clamp(min=0)), True) & inside & valid[..., None]
         match = toks_t == greedy
         acc = match.clone()
         for _ in range(D - 1):  # accepted = it and every ancestor match
@@ -351,6 +364,8 @@ class VSDLoss(Eagle3Loss):
             "greedy": greedy.gather(-1, node)[:, :, None],
             "valid": valid,
             "tree_nodes": N,
+            "oracle_ctx": float(ctx.sum()),
+            "oracle_diff": float((ctx & (greedy != data)).sum()),
         }
 
     # ------------------------------------------------------------------ diagnostics
@@ -377,11 +392,18 @@ class VSDLoss(Eagle3Loss):
         hs = torch.where(has, h, -1).sort(-1).values
         distinct = ((hs[..., 1:] != hs[..., :-1]) & (hs[..., 1:] >= 0)).sum(-1) + (hs[..., :1] >= 0).sum(-1)
         groups = has.any(-1)
+        if (
+            "oracle_ctx" in e
+        ):  # the tree E-step counted them over its nodes (its chain holds the kept path only)
+            n_ctx, n_diff = e["oracle_ctx"], e["oracle_diff"]
+        else:
+            n_ctx, n_diff = float(ctx.sum()), float((ctx & (greedy != data[:, :, None])).sum())
         return {
             "n_vsd_tok": float(tw.sum()),
-            "s_vsd_novel": float((tw * novel).sum()),
-            "n_vsd_ctx": float(ctx.sum()),
-            "n_vsd_oracle_diff": float((ctx & (greedy != data[:, :, None])).sum()),
+            "n_vsd_tok_in": float((tw * inside[:, :, None]).sum()),  # kept tokens the data has a token for
+            "s_vsd_novel": float((tw * novel * inside[:, :, None]).sum()),
+            "n_vsd_ctx": n_ctx,
+            "n_vsd_oracle_diff": n_diff,
             "n_vsd_groups": float(groups.sum()),
             "s_vsd_distinct": float(distinct[groups].sum()),
             "n_vsd_batches": 1.0,
@@ -470,7 +492,7 @@ def finalize_vsd_logs(sums: dict[str, float]) -> dict[str, float]:
     if not sums.get("n_vsd_batches"):
         return {}
     out = {
-        "vsd/novel_frac": sums.get("s_vsd_novel", 0.0) / max(sums.get("n_vsd_tok", 0.0), 1e-9),
+        "vsd/novel_frac": sums.get("s_vsd_novel", 0.0) / max(sums.get("n_vsd_tok_in", 0.0), 1e-9),
         "vsd/oracle_vs_data": sums.get("n_vsd_oracle_diff", 0.0) / max(sums.get("n_vsd_ctx", 0.0), 1.0),
         "vsd/distinct_prefixes": sums.get("s_vsd_distinct", 0.0) / max(sums.get("n_vsd_groups", 0.0), 1.0),
         "vsd/kept_tokens": sums.get("n_vsd_tok", 0.0),
