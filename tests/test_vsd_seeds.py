@@ -143,3 +143,14 @@ def test_seeds_and_ranks_draw_different_estep_samples(setup):
     assert torch.equal(a0, a0b) and torch.equal(z0, z0b)  # a seed is a seed
     for other in (draws(7), draws(0, rank=1)):
         assert not (torch.equal(a0, other[0]) and torch.equal(z0, other[1]))
+
+
+def test_gradient_cosine_reaches_the_train_log(setup, tmp_path):
+    cfg, target, items, vocab = setup
+    lcfg = dataclasses.replace(cfg.loss, grad_cosine_every=2)
+    tr = make_trainer(setup, tmp_path, ckpt_every=100, **{**KW, "log_every": 2})
+    tr.loss_fn = build_loss(lcfg, target, vocab, seed=0)
+    tr.fit()
+    cos = [r["train/vsd/grad_cos"] for r in tr.log_rows if "train/vsd/grad_cos" in r]
+    assert len(cos) == 3 and all(-1.0 <= c <= 1.0 for c in cos)
+    assert all("heldout/vsd/grad_cos" not in r for r in tr.log_rows)  # not in eval mode

@@ -43,14 +43,18 @@ ARMS = {
     "eagle3-time": "EAGLE-3, equal time",
     "power": "EAGLE-3, half steps",
 }
-# the diagnostics each VSD run records (train: last logged window; heldout: last held-out evaluation)
+# the diagnostics of each VSD run: train keys averaged over its logged steps, held-out keys at its last held-out
+# evaluation (both from train_log.jsonl, so runs whose eval did not finish still show what the E-step did)
 DIAG = {
-    "heldout/vsd/novel_frac": "novel_frac",
-    "heldout/vsd/oracle_vs_data": "oracle_vs_data",
-    "heldout/vsd/distinct_prefixes": "distinct kept paths / anchor",
-    "heldout/vsd/mean_U": "mean U",
+    "train/vsd/novel_frac": "novel_frac",
+    "heldout/vsd/novel_frac": "novel_frac (held-out)",
+    "train/vsd/oracle_vs_data": "oracle_vs_data",
+    "train/vsd/distinct_prefixes": "distinct kept paths / anchor",
+    "train/vsd/mean_U": "mean U",
+    "train/vsd/kept_tokens": "kept tokens / step",
     "train/vsd/arw_at_cap": "ARW β at cap",
     "train/vsd/ess_adapt": "ESS (adaptable anchors)",
+    "train/vsd/grad_cos": "cos(∇L_M, ∇L_EAGLE3)",
 }
 BOOT = 2000
 
@@ -60,6 +64,26 @@ def _arm(run_name: str, regime: str) -> str | None:
         return "base"
     prefix = f"regime-{regime}-"
     return run_name[len(prefix) :] if run_name.startswith(prefix) else None
+
+
+def vsd_diagnostics(runs_dirs: Sequence[str | Path]) -> pd.DataFrame:
+    """One row per VSD run of the regime experiment, completed or not: its E-step diagnostics (see DIAG)."""
+    df = collect_runs(list(runs_dirs), warn=False)
+    df = df[df["run_name"].astype(str).str.match(r"regime-.*-vsd$")]
+    rows = []
+    for _, run in df.iterrows():
+        log = pd.DataFrame(open_run(run["run_dir"]).read_jsonl("train_log.jsonl", []))
+        if not len(log):
+            continue
+        row = {"regime": run["extra.regime"], "seed": run["seed"], "status": run["status"]}
+        for k in DIAG:
+            if k in log:
+                col = log[k].dropna()
+                row[k] = (
+                    float(col.iloc[-1] if k.startswith("heldout/") else col.mean()) if len(col) else math.nan
+                )
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def load(runs_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
@@ -158,6 +182,8 @@ def comparisons(df: pd.DataFrame, turns: dict[str, pd.DataFrame]) -> list[dict]:
     ]
     for r in REGIMES:
         for label, a, b in plan:
+            if r == "tree" and a != "vsd":
+                continue  # the tree regime's EAGLE-3 arms and base are the control's
             c = compare(df, turns, _runs(df, r, a), _runs(df, r, b), seed_var, rng)
             if c is not None:
                 rows.append({"regime": r, "label": label, **c})
@@ -209,22 +235,24 @@ def comparisons_table(rows: list[dict]) -> list[str]:
     return out
 
 
-def diagnostics_table(df: pd.DataFrame) -> list[str]:
-    cols = [k for k in DIAG if k in df.columns]
-    out = ["| regime | seeds | " + " | ".join(DIAG[k] for k in cols) + " |", "|---|---|" + "---|" * len(cols)]
+def diagnostics_table(diag: pd.DataFrame) -> list[str]:
+    cols = [k for k in DIAG if k in diag.columns]
+    out = ["| regime | runs | " + " | ".join(DIAG[k] for k in cols) + " |", "|---|---|" + "---|" * len(cols)]
     for r in REGIMES:
-        g = df[(df["regime"] == r) & (df["arm"] == "vsd")]
+        g = diag[diag["regime"] == r] if len(diag) else diag
         if not len(g):
             continue
         cells = []
         for k in cols:
             m, h, _, n = mean_ci(g[k])
             cells.append("–" if not n else f"{m:.3f}" + (f" ± {h:.3f}" if math.isfinite(h) else ""))
-        out.append(f"| {r} | {len(g)} | " + " | ".join(cells) + " |")
+        done = int((g["status"] == "completed").sum())
+        runs = f"{len(g)}" + (f" ({done} evaluated)" if done < len(g) else "")
+        out.append(f"| {r} | {runs} | " + " | ".join(cells) + " |")
     return out
 
 
-def figures(df: pd.DataFrame, rows: list[dict], out: Path) -> dict[str, str]:
+def figures(df: pd.DataFrame, diag: pd.DataFrame, rows: list[dict], out: Path) -> dict[str, str]:
     import matplotlib.pyplot as plt
 
     made: dict[str, str] = {}
@@ -251,8 +279,10 @@ def figures(df: pd.DataFrame, rows: list[dict], out: Path) -> dict[str, str]:
             ax.set_xticks(range(len(main)), labels, fontsize=8)
             ax.set_ylabel("Δτ vs EAGLE-3 (%), combined 95% CI")
             made["regimes_delta_tau"] = str(save_figure(fig, out, "regimes_delta_tau")[-1])
-    vsd = df[df["arm"] == "vsd"]
-    if len(vsd) and "heldout/vsd/novel_frac" in vsd:
+    vsd = df.loc[df["arm"] == "vsd", ["regime", "seed", "eval/tau"]].merge(
+        diag[["regime", "seed", "train/vsd/novel_frac"]], on=["regime", "seed"]
+    )
+    if len(vsd):
         with style():
             fig, ax = plt.subplots(figsize=(5.2, 3.6))
             for r in REGIMES:
@@ -261,16 +291,18 @@ def figures(df: pd.DataFrame, rows: list[dict], out: Path) -> dict[str, str]:
                 if not len(g) or not len(ref):
                     continue
                 e3 = float(ref["eval/tau"].mean())
-                ax.scatter(g["heldout/vsd/novel_frac"], 100 * (g["eval/tau"] / e3 - 1), label=r)
+                ax.scatter(g["train/vsd/novel_frac"], 100 * (g["eval/tau"] / e3 - 1), label=r)
             ax.axhline(0, color="black", lw=0.8)
-            ax.set_xlabel("E-step novel_frac (held-out)")
+            ax.set_xlabel("E-step novel_frac (training mean)")
             ax.set_ylabel("VSD τ vs EAGLE-3 τ (%), per seed")
             ax.legend(fontsize=8)
             made["regimes_delta_vs_novel"] = str(save_figure(fig, out, "regimes_delta_vs_novel")[-1])
     return made
 
 
-def render(df: pd.DataFrame, turns: dict[str, pd.DataFrame], fig_dir: Path, page_dir: Path) -> str:
+def render(
+    df: pd.DataFrame, turns: dict[str, pd.DataFrame], diag: pd.DataFrame, fig_dir: Path, page_dir: Path
+) -> str:
     rows = comparisons(df, turns)
     seed_var, dof = pooled_seed_var(df)
     n_turns = max((c.get("turns", 0) for c in rows), default=0)
@@ -289,11 +321,11 @@ def render(df: pd.DataFrame, turns: dict[str, pd.DataFrame], fig_dir: Path, page
         "",
         *comparisons_table(rows),
         "",
-        "### E-step diagnostics of the VSD arms (mean ± 95% CI over seeds; held-out unless marked train)",
+        "### E-step diagnostics of the VSD arms (mean ± 95% CI over runs; training means unless marked)",
         "",
-        *diagnostics_table(df),
+        *diagnostics_table(diag),
     ]
-    figs = figures(df, rows, fig_dir)
+    figs = figures(df, diag, rows, fig_dir)
     if figs:
         out += ["", "### Figures", ""]
         out += [f"![{n}]({Path(p).relative_to(page_dir).as_posix()})" for n, p in figs.items()]
@@ -317,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     page = Path(args.page)
     try:
-        body = render(df, turns, Path(args.figures), page.parent)
+        body = render(df, turns, vsd_diagnostics(args.runs), Path(args.figures), page.parent)
     except MissingData as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

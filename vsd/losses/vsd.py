@@ -482,7 +482,14 @@ class VSDLoss(Eagle3Loss):
         if e["w"].num_adapt:
             logs["vsd/ess_adapt"] = e["w"].ess_adapt
         every = cfg.grad_cosine_every
-        if every and head.training and step % every == 0 and cfg.vsd_weight > 0 and m_loss.requires_grad:
+        # (step + 1): the trainer logs the row of a finished step s when s + 1 is a multiple of train.log_every
+        if (
+            every
+            and head.training
+            and (step + 1) % every == 0
+            and cfg.vsd_weight > 0
+            and m_loss.requires_grad
+        ):
             logs["vsd/grad_cos"] = self._grad_cos(head, base, m_loss)
         return total, logs
 

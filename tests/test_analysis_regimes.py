@@ -1,0 +1,41 @@
+"""The regime page's comparisons on hand-made runs: a known difference is found, no difference is not."""
+
+import numpy as np
+import pandas as pd
+
+from vsd.analysis.regimes import compare, pooled_seed_var
+
+
+def _turns(new, fwd):
+    return pd.DataFrame({"key": [f"p{i}#0" for i in range(len(new))], "new": new, "fwd": fwd}).set_index(
+        "key"
+    )
+
+
+def test_compare_finds_a_real_difference_and_not_a_null_one():
+    rng = np.random.default_rng(1)
+    n = 120
+    new = np.full(n, 128)
+    fwd_b = rng.integers(60, 80, n)  # tau around 1.8
+    turns = {"b0": _turns(new, fwd_b), "a0": _turns(new, fwd_b - 4), "c0": _turns(new, fwd_b)}
+    runs = lambda rid, tau: pd.DataFrame({"run_id": [rid], "seed": [0], "eval/tau": [tau]})  # noqa: E731
+    tau = {k: new.sum() / t["fwd"].sum() for k, t in turns.items()}
+    a = compare(None, turns, runs("a0", tau["a0"]), runs("b0", tau["b0"]), 1e-6, np.random.default_rng(0))
+    assert a["diff"] > 0 and a["prompt_lo"] > 0 and a["lo"] > 0 and a["turns"] == n
+    c = compare(None, turns, runs("c0", tau["c0"]), runs("b0", tau["b0"]), 1e-6, np.random.default_rng(0))
+    assert c["diff"] == 0 and c["prompt_lo"] <= 0 <= c["prompt_hi"]
+    # a large seed variance widens the combined interval, not the by-prompt one
+    w = compare(None, turns, runs("a0", tau["a0"]), runs("b0", tau["b0"]), 0.01, np.random.default_rng(0))
+    assert w["prompt_lo"] == a["prompt_lo"] and w["lo"] < 0 < w["hi"]
+
+
+def test_pooled_seed_variance_uses_arms_with_several_seeds():
+    df = pd.DataFrame(
+        {
+            "regime": ["r"] * 5,
+            "arm": ["vsd", "vsd", "vsd", "eagle3", "base"],
+            "eval/tau": [1.0, 1.2, 1.1, 5.0, 9.0],
+        }
+    )
+    var, dof = pooled_seed_var(df)
+    assert dof == 2 and abs(var - 0.01) < 1e-12
