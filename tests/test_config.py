@@ -15,6 +15,8 @@ NEEDS = {
     "dataset/hf_dataset": ["dataset.hf_name=/tmp/x"],
     "eval/file": ["eval.prompts=/tmp/p.jsonl"],
     "loss/vsd": ["train.init_from=/tmp/draft"],
+    "train/scratch": ["loss=eagle3"],  # the default loss (vsd) needs the warm start only train=default names
+    "train/tiny": ["loss=eagle3"],
 }
 
 
@@ -48,7 +50,7 @@ BAD = [
     (["train.steps=0"], "train.steps"),  # out of range
     (["loss=vsd", "loss.num_samples=0", "train.init_from=x"], "loss.num_samples"),
     (["loss=vsd", "loss.arw_target_ess=1.5", "train.init_from=x"], "loss.arw_target_ess"),
-    (["loss=vsd"], "train.init_from"),  # VSD needs a warm start
+    (["loss=vsd", "train=scratch"], "train.init_from"),  # VSD needs a warm start
     (["decoding.temperature=-1"], "decoding.temperature"),
     (["decoding.mode=beam"], "decoding.mode"),
     (["dataset=jsonl_file"], "dataset.path"),  # missing required value

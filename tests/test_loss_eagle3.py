@@ -14,7 +14,7 @@ from vsd.models.target import load_target
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    _, cfg = compose(["model=tiny_random", "loss.ttt_steps=2", "loss.step_decay=0.5"])[0]
+    _, cfg = compose(["model=tiny_random", "loss=eagle3", "loss.ttt_steps=2", "loss.step_decay=0.5"])[0]
     target = load_target(cfg.model, tmp_path_factory.mktemp("c"), "cpu", "float32")
     vocab = vocab_from_counts(torch.arange(target.vocab_size).float() % 5, 40)
     head = build_head(target, cfg.model.draft, vocab["d2t"], seed=0)

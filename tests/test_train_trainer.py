@@ -19,7 +19,7 @@ from vsd.train.trainer import Trainer, batch_indices, lr_lambda
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    _, cfg = compose(["model=tiny_random", "train=tiny", "loss.ttt_steps=3"])[0]
+    _, cfg = compose(["model=tiny_random", "train=tiny", "loss=eagle3", "loss.ttt_steps=3"])[0]
     target = load_target(cfg.model, tmp_path_factory.mktemp("c"), "cpu", "float32")
     items = make_toy_items(target, 12, new_tokens=16, greedy=False, seed=0)
     vocab = vocab_from_counts(token_counts(items, target.vocab_size), 128)
@@ -48,7 +48,9 @@ def make_trainer(setup, tmp, **train_over):
 
 
 def test_lr_schedule_and_data_order():
-    _, cfg = compose(["train=tiny", "train.steps=10", "train.warmup_steps=2", "train.min_lr_ratio=0.1"])[0]
+    _, cfg = compose(
+        ["train=tiny", "loss=eagle3", "train.steps=10", "train.warmup_steps=2", "train.min_lr_ratio=0.1"]
+    )[0]
     f = lr_lambda(cfg.train)
     assert f(0) == 0.5 and f(1) == 1.0 and f(2) == pytest.approx(1.0) and f(10) == pytest.approx(0.1)
     assert all(f(i) >= f(i + 1) for i in range(2, 12))

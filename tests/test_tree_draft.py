@@ -97,7 +97,9 @@ def trained(setup):
     items = make_toy_items(target, 16, prompt_len=6, new_tokens=28, seed=1)
     vocab = vocab_from_counts(token_counts(items, target.vocab_size) + 1, 200)
     head = build_head(target, cfg.model.draft, vocab["d2t"], seed=0)
-    loss = build_loss(compose(["model=tiny_random", "loss.ttt_steps=3"])[0][1].loss, target, vocab)
+    loss = build_loss(
+        compose(["model=tiny_random", "loss=eagle3", "loss.ttt_steps=3"])[0][1].loss, target, vocab
+    )
     opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=3e-3)
     batch = collate_items(items)
     for s in range(25):

@@ -28,7 +28,7 @@ def test_bad_vsd_values(override, key):
 
 def test_vsd_needs_warm_start():
     with pytest.raises(ConfigError, match=r"^train\.init_from: loss=vsd needs a warm start"):
-        compose(["model=tiny_random", "loss=vsd"])
+        compose(["model=tiny_random", "loss=vsd", "train=scratch"])
     # either way of warm-starting composes, as does an explicit opt-out
     for ok in ([WARM], ["loss.vsd_start_step=100"], ["loss.require_warm_start=false"]):
         cfg = compose(["model=tiny_random", "loss=vsd", *ok])[0][1]
@@ -37,4 +37,4 @@ def test_vsd_needs_warm_start():
 
 def test_eagle3_refuses_vsd_terms():
     with pytest.raises(ConfigError, match=r"^loss\.name"):
-        compose(["model=tiny_random", "loss.vsd_weight=1.0"])
+        compose(["model=tiny_random", "loss=eagle3", "loss.vsd_weight=1.0"])

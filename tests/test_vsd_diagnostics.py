@@ -17,7 +17,9 @@ def setup(tiny_target):
     random = make_toy_items(tiny_target, 8, prompt_len=6, new_tokens=20, seed=4, greedy=False)
     vocab = vocab_from_counts(token_counts(greedy + random, tiny_target.vocab_size) + 1, 200)
     head = build_head(tiny_target, compose(["model=tiny_random"])[0][1].model.draft, vocab["d2t"], seed=0)
-    e3 = build_loss(compose(["model=tiny_random", "loss.ttt_steps=3"])[0][1].loss, tiny_target, vocab)
+    e3 = build_loss(
+        compose(["model=tiny_random", "loss=eagle3", "loss.ttt_steps=3"])[0][1].loss, tiny_target, vocab
+    )
     opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=3e-3)
     batch = collate_items(greedy)
     for s in range(25):  # a draft that predicts the target: the E-step keeps something

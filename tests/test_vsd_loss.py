@@ -55,7 +55,7 @@ def test_draft_paths_match_ttt_unroll_on_ground_truth(setup):
 
 def test_vsd_weight_zero_car_off_is_eagle3_exactly(setup):
     target, vocab, head, batch = setup
-    e3 = build_loss(compose(["model=tiny_random"])[0][1].loss, target, vocab)
+    e3 = build_loss(compose(["model=tiny_random", "loss=eagle3"])[0][1].loss, target, vocab)
     vsd = build_loss(_cfg("loss.vsd_weight=0", "loss.car=false").loss, target, vocab)
     grads = []
     for loss in (e3, vsd):
@@ -70,7 +70,7 @@ def test_vsd_weight_zero_car_off_is_eagle3_exactly(setup):
 
 def test_vsd_start_step_and_gradients_only_into_draft(setup):
     target, vocab, head, batch = setup
-    e3 = build_loss(compose(["model=tiny_random"])[0][1].loss, target, vocab)
+    e3 = build_loss(compose(["model=tiny_random", "loss=eagle3"])[0][1].loss, target, vocab)
     loss = build_loss(_cfg("loss.vsd_start_step=3", "loss.car=true").loss, target, vocab)
     before, logs0 = loss(head, batch, 2)
     assert torch.equal(before.detach(), e3(head, batch, 2)[0].detach()) and "vsd/mean_U" not in logs0
@@ -109,7 +109,7 @@ def test_vsd_steps_raise_mean_accepted_length(setup):
     target, vocab, head0, batch = setup
     head = copy.deepcopy(head0)
     params = [p for p in head.parameters() if p.requires_grad]
-    e3 = build_loss(compose(["model=tiny_random"])[0][1].loss, target, vocab)
+    e3 = build_loss(compose(["model=tiny_random", "loss=eagle3"])[0][1].loss, target, vocab)
     opt = torch.optim.AdamW(params, lr=3e-3)
     for s in range(10):  # warm start: a briefly EAGLE-3-trained draft (mean U ~ 2 of 5)
         opt.zero_grad()

@@ -160,9 +160,9 @@ def build_selfdistill(
         with open(d / "prompts.jsonl", "w") as fh:  # rewritten identically on resume (same key)
             for p in prompts:
                 row = {"id": p["id"], "messages": p["messages"], "source": p["source"]}
-            if dcfg.responses == "source":
-                row["response"] = p["response"]
-            fh.write(json.dumps(row) + "\n")
+                if dcfg.responses == "source":
+                    row["response"] = p["response"]
+                fh.write(json.dumps(row) + "\n")
         batches = _batches(prompts, ids, dcfg.gen_batch_size)
         done = set(done_shards(d, len(batches)))
         todo = [b for b in range(len(batches)) if b not in done]
