@@ -7,12 +7,18 @@ re-tokenised text. MT-Bench turn 2 is conditioned on the model's OWN turn-1 answ
 A row of ``eval.jsonl`` (one per prompt turn):
 ``{"id", "category", "source", "turn", "prompt_tokens", "temperature",
    "ar":   {"new_tokens", "target_forwards", "wall_s", "ids"} | None,
-   "spec": {"new_tokens", "target_forwards", "wall_s", "draft_s", "drafted", "accepted", "tree_depth", "ids"},
+   "spec": {"new_tokens", "target_forwards", "wall_s", "draft_s", "drafted", "accepted", "tree_depth", "ids",
+            "accepted_ranks", "calib", "rank_counts"},
    "peers": {name: {"new_tokens", "target_forwards", "wall_s", "match"} | {"skipped": reason}},
    "match": bool | None, "diverge_at": int | None, "diverge_gap": float | None, "near_tie": bool | None}``
 ``match`` (T=0 only) says whether the speculative ids equal the AR ids; at the first differing index,
 ``diverge_gap`` is the AR top-1 minus top-2 logit gap there and ``near_tie`` whether it is below
 ``decoding.near_tie_eps`` or equal to it (bf16 kernels may flip a near-tie; see method.md "Metrics").
+``accepted_ranks`` holds, per verification step, the draft's sibling ranks along the accepted path (empty when
+nothing was accepted); ``calib`` maps a depth ("1", "2", ...) to CALIB_BINS rows ``[count, sum of confidence,
+sum accepted]`` over the nodes whose parent was accepted, binned by the draft's confidence exp(logq);
+``rank_counts`` maps a depth to per-rank ``[nodes whose parent was accepted, accepted]`` (see
+vsd.decoding.engine.DraftStats).
 """
 
 from __future__ import annotations
@@ -63,8 +69,23 @@ def _gen_row(res, extra: bool) -> dict[str, Any]:
             drafted=[int(x) for x in res.drafted],
             accepted=[int(x) for x in res.accepted],
             tree_depth=[int(x) for x in res.tree_depth],
+            accepted_ranks=[[int(r) for r in step] for step in res.accepted_ranks],
+            calib=_per_depth(res.calib),
+            rank_counts=_per_depth(res.rank_counts),
         )
     return row
+
+
+def _per_depth(t: torch.Tensor | None) -> dict[str, list[list[float]]]:
+    """(D, B, C) accumulator -> {"depth": [[C values] x B]} for the depths that saw any node (JSON keys are
+    strings). Counts are whole numbers; sums are rounded to 6 digits to keep rows small."""
+    if t is None:
+        return {}
+    out = {}
+    for d in range(t.shape[0]):
+        if t[d, :, 0].sum() > 0:
+            out[str(d + 1)] = [[round(float(v), 6) for v in cell] for cell in t[d]]
+    return out
 
 
 class ForwardCounter:
