@@ -155,8 +155,12 @@ class EvalRunner:
         out_path: Path | None,
         assistant_model=None,
         assistant_skip_reason: str = "no same-tokenizer assistant model",
+        peer_dcfg: DecodingConfig | None = None,
     ):
+        """``peer_dcfg``: the decoding settings the HF peers follow (default ``dcfg``); under
+        ``decoding.shape=auto`` the configured ones, so the peers do not depend on our chosen tree."""
         self.target, self.drafter, self.dcfg, self.ecfg = target, drafter, dcfg, ecfg
+        self.peer_dcfg = peer_dcfg or dcfg
         self.out_path = out_path
         self.assistant_model = assistant_model
         self.assistant_skip_reason = assistant_skip_reason
@@ -182,15 +186,15 @@ class EvalRunner:
             return hf_generate(
                 self.target,
                 ids,
-                self.dcfg,
+                self.peer_dcfg,
                 seed,
-                prompt_lookup_num_tokens=self.dcfg.depth,
-                max_matching_ngram_size=self.dcfg.ngram_max,
+                prompt_lookup_num_tokens=self.peer_dcfg.depth,
+                max_matching_ngram_size=self.peer_dcfg.ngram_max,
             )
         if name == "hf_assisted":
             if self.assistant_model is None:
                 return {"skipped": self.assistant_skip_reason}
-            return hf_generate(self.target, ids, self.dcfg, seed, assistant_model=self.assistant_model)
+            return hf_generate(self.target, ids, self.peer_dcfg, seed, assistant_model=self.assistant_model)
         raise ValueError(f"eval.peers: unknown peer {name!r}")
 
     # ------------------------------------------------------------------ public

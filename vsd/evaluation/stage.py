@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from vsd.errors import UserError
+from vsd.evaluation.autoshape import resolve_shape, shape_metrics
 from vsd.evaluation.costs import cost_metrics, measure_forward_costs
 from vsd.evaluation.metrics import compute_metrics
 from vsd.evaluation.prompts import load_suite
@@ -53,6 +54,8 @@ def run(ctx) -> dict[str, float]:
         raise UserError(f"eval.suite: {cfg.eval.suite} selected no prompts (check eval.categories)")
     target = ctx.target
     drafter = make_drafter(ctx)
+    # decoding.shape=auto: the tree shape for this device and draft (the peers keep the configured settings)
+    dcfg, shape_info = resolve_shape(target, drafter, cfg.decoding, cfg.paths.cache_dir)
     assistant, skip_reason = (None, "")
     if "hf_assisted" in cfg.eval.peers:
         assistant, skip_reason = assistant_for(ctx)
@@ -60,7 +63,7 @@ def run(ctx) -> dict[str, float]:
             print(f"[vsd] eval: peer hf_assisted skipped: {skip_reason}", flush=True)
     out = Path(ctx.run_dir) / "eval.jsonl"
     out.unlink(missing_ok=True)  # a resumed run re-evaluates: no stale rows of an earlier attempt
-    runner = EvalRunner(target, drafter, cfg.decoding, cfg.eval, out, assistant, skip_reason)
+    runner = EvalRunner(target, drafter, dcfg, cfg.eval, out, assistant, skip_reason, peer_dcfg=cfg.decoding)
     print(
         f"[vsd] eval: {len(records)} prompts ({cfg.eval.suite}, split={cfg.eval.split}), "
         f"drafter={cfg.decoding.drafter}, mode={cfg.decoding.mode}, T={cfg.decoding.temperature}",
@@ -69,8 +72,9 @@ def run(ctx) -> dict[str, float]:
     rows = runner.run(records)
     metrics = compute_metrics(rows)
     first_prompt = target.chat_ids([{"role": "user", "content": records[0]["turns"][0]}])
-    costs = measure_forward_costs(target, first_prompt, cfg.decoding)
-    metrics.update(cost_metrics(costs, rows, cfg.decoding, metrics["eval/tau"]))
+    costs = measure_forward_costs(target, first_prompt, dcfg)
+    metrics.update(cost_metrics(costs, rows, dcfg, metrics["eval/tau"]))
+    metrics.update(shape_metrics(shape_info))
     ctx.record.update(
         eval_info={
             "suite": cfg.eval.suite,
@@ -80,7 +84,8 @@ def run(ctx) -> dict[str, float]:
             "drafter": cfg.decoding.drafter,
             "draft_dir": str(ctx.artifacts.get("draft_dir") or cfg.draft.checkpoint or ""),
             "peers_skipped": {"hf_assisted": skip_reason} if assistant is None and skip_reason else {},
-        }
+        },
+        shape=shape_info,
     )
     ctx.tracker.log(metrics)
     ctx.tracker.artifact(out, "eval-rows", "eval")

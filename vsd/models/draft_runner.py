@@ -107,6 +107,10 @@ class _DraftRunner:
     def drop_tree(self) -> None:
         self.tree_end = self.length
 
+    def rewind(self, length: int) -> None:
+        """Forget every entry from ``length`` on (cost measurements redo a commit at the same place)."""
+        self.length = self.tree_end = length
+
     def _core(self, x: torch.Tensor, features: torch.Tensor | None, n_cols: int) -> torch.Tensor:
         """The step itself (captured on CUDA): x (rows, _EXTRA + w) integer table; features (1, rows, 3H) for
         committed entries, else the input hiddens come from the store. Attends over slots [0, n_cols)."""
