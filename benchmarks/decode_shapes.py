@@ -80,7 +80,7 @@ def run_set(name, target, drafter, records, dcfgs, peer_dcfg, pred, warmup: bool
     def run(m, x, seed):
         g = torch.Generator().manual_seed(seed)
         if m == "ar":
-            r = generate_ar(target, x, peer_dcfg, generator=g)
+            r = generate_ar(target, x, peer_dcfg, generator=g, record_gaps=peer_dcfg.temperature == 0)
         elif m == "hf_prompt_lookup":
             return hf_generate(
                 target,
@@ -94,6 +94,8 @@ def run_set(name, target, drafter, records, dcfgs, peer_dcfg, pred, warmup: bool
             r = generate_spec(target, drafter, x, dcfgs[m], generator=g)
         row = {"new_tokens": len(r.tokens), "target_forwards": r.target_forwards, "wall_s": r.wall_s}
         row["ids"] = list(r.tokens)
+        if m == "ar":
+            row["gaps"] = r.top2_gap or []
         if m != "ar":
             row.update(draft_s=r.draft_s, accepted=r.accepted, tree_depth=r.tree_depth)
         return row
@@ -111,10 +113,21 @@ def run_set(name, target, drafter, records, dcfgs, peer_dcfg, pred, warmup: bool
         f"T={peer_dcfg.temperature})",
         "",
         "| shape (depth x top-k x nodes) | pred tau | tau | speedup | HF PL speedup | ours / PL | bound | "
-        "pred bound | efficiency | T=0 match AR |",
+        "pred bound | efficiency | T=0 match AR, divergences not at a near-tie |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     greedy = peer_dcfg.temperature == 0
+
+    def far_divergences(rows: list[dict]) -> int:
+        """T=0 divergences from AR that do not start at a near-tie of AR's top-2 logits (bf16, method.md)."""
+        n = 0
+        for r in rows:
+            a, b = r["ar"]["ids"], r["spec"]["ids"]
+            j = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+            gaps = r["ar"]["gaps"]
+            n += j is not None and (j >= len(gaps) or gaps[j] > peer_dcfg.near_tie_eps)
+        return n
+
     for m in labels:
         rows = []
         for k, rec in enumerate(records):
@@ -136,16 +149,19 @@ def run_set(name, target, drafter, records, dcfgs, peer_dcfg, pred, warmup: bool
         cm = cost_metrics(costs, rows, d, met["eval/tau"])
         sp, pl = met["eval/speedup"], met["eval/peer/hf_prompt_lookup/speedup"]
         ptau, pbound = pred[m]
-        match = sum(r["match"] for r in rows) if greedy else "-"
+        match = f"{sum(r['match'] for r in rows)}/{len(rows)}, {far_divergences(rows)}" if greedy else "-"
         lines.append(
             f"| {m} | {ptau:.2f} | {met['eval/tau']:.2f} | {sp:.2f}x | {pl:.2f}x | {sp / pl:.2f} | "
             f"{cm['eval/speedup_bound']:.2f} | {pbound:.2f} | {sp / cm['eval/speedup_bound']:.2f} | "
-            f"{match}/{len(rows) if greedy else '-'} |"
+            f"{match} |"
         )
     pl_tau = met["eval/peer/hf_prompt_lookup/tau"]
+    pl_match = sum(r["ids"] == a["ids"] for r, a in zip(res["hf_prompt_lookup"], res["ar"]))
     lines.append("")
     lines.append(
-        f"AR {met['eval/ar_tokens_per_s']:.1f} tokens/s; HF prompt lookup tau {pl_tau:.2f}; "
+        f"AR {met['eval/ar_tokens_per_s']:.1f} tokens/s; HF prompt lookup tau {pl_tau:.2f}"
+        + (f", T=0 match AR {pl_match}/{len(ids)}" if greedy else "")
+        + "; "
         f"c_verify / c_draft of the last shape: {cm['eval/c_verify']:.2f} / {cm['eval/c_draft']:.3f} "
         f"(t1 {cm['eval/t1_ms']:.1f} ms)."
     )

@@ -199,3 +199,16 @@ def test_wrong_draft_vocab_mapping_fails(small, monkeypatch):
     counts = _counts(lambda g: generate_spec(small, drafter, PROMPT, DCFG, generator=g), 600)
     with pytest.raises(AssertionError):
         assert _pvalue(counts, exact) > 1e-3
+
+
+def test_sample_draws_from_the_distribution():
+    from vsd.decoding.sampling import sample
+
+    p = torch.tensor([0.0, 0.5, 0.0, 0.2, 0.3, 0.0])
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros(6)
+    for _ in range(3000):
+        counts[sample(p * 7.0, g)] += 1  # unnormalised input
+    assert counts[p == 0].sum() == 0
+    assert float(chisquare(counts[p > 0].numpy(), (p[p > 0] * 3000).numpy()).pvalue) > 1e-3
+    assert sample(torch.tensor([0.0, 0.0, 1.0]), g) == 2
