@@ -29,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.doc_sections import write_section  # noqa: E402
 from vsd.config import compose  # noqa: E402
 from vsd.config.schema import EvalConfig  # noqa: E402
 from vsd.decoding.engine import generate_ar, generate_spec  # noqa: E402
@@ -180,6 +181,8 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--overrides", default="", help="extra config overrides, comma-separated")
+    ap.add_argument("--out", default=None, help="also write the output as a section of this docs page")
+    ap.add_argument("--section", default=None, help="the section's name (default: decode_shapes_t<T>)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t_start = time.time()
@@ -222,13 +225,20 @@ def main() -> None:
         f"Python {platform.python_version()}"
     )
     cmd = " ".join([".venv/bin/python", "benchmarks/decode_shapes.py", *sys.argv[1:]])
-    print(f"Command: `{cmd}`")
-    print(
-        f"Machine: {machine}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {time.time() - t_start:.0f} s."
-    )
-    print(f"Auto measurement: {seconds:.0f} s (cache {path}); chosen {best.depth}x{best.top_k}x{best.total}.")
-    print()
-    print("\n".join(out))
+    head = [
+        f"### Tree shapes at T={args.temperature:g}, draft `{args.draft}` (`benchmarks/decode_shapes.py`)",
+        "",
+        f"Command: `{cmd}`",
+        f"Machine: {machine}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {time.time() - t_start:.0f} s "
+        f"in all.",
+        f"Auto: chose {best.depth}x{best.top_k}x{best.total} from a measurement of {seconds:.0f} s (cache {path}).",
+        "",
+    ]
+    text = "\n".join(head + out)
+    print(text)
+    if args.out:
+        section = args.section or f"decode_shapes_t{args.temperature:g}"
+        write_section(args.out, section, text)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,25 @@ def _is_chain(parents: list[int]) -> bool:
     return all(p == i - 1 for i, p in enumerate(parents))
 
 
+def _mask_from_ancestors(
+    tree: DraftTree, start: int, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (1, 1, N+1, start+N+1) additive mask and (1, N+1) positions of [root, nodes] after ``start`` cached
+    entries, from the tree's ``depths`` and ``ancestors`` (what :func:`tree_attention_mask` and
+    :func:`tree_position_ids` build from the parents)."""
+    n = tree.size + 1
+    allowed = torch.ones(n, start + n, dtype=torch.bool, device=device)
+    block = allowed[:, start:]
+    block.zero_()
+    block[:, 0] = True  # every row sees the root, which sees itself
+    block[1:, 1:] = tree.ancestors.to(device)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(
+        ~allowed, torch.finfo(dtype).min
+    )
+    pos = start + torch.cat([torch.zeros(1, dtype=torch.long, device=device), tree.depths.to(device)])
+    return mask[None, None], pos[None]
+
+
 class DynamicRunner:
     """Eager forwards on the stock HF DynamicCache (the reference path)."""
 
@@ -69,6 +88,10 @@ class DynamicRunner:
         t = self.target
         if tree is None or tree.size == 0:
             ids, mask, pos = torch.tensor([[root]]), None, None
+        elif tree.depths is not None and tree.ancestors is not None:
+            # the drafter's own depths and ancestor matrix: a few tensor ops, no walk over the nodes
+            ids = torch.cat([torch.tensor([root]), tree.tokens.cpu()])[None]
+            mask, pos = _mask_from_ancestors(tree, self.length, t.dtype, t.device)
         else:
             ids = torch.cat([torch.tensor([root]), tree.tokens.cpu()])[None]
             full = _full_parents(tree)
