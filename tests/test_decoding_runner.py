@@ -96,7 +96,7 @@ def test_too_small_max_len_is_a_one_line_user_error(tiny):
 @pytest.mark.parametrize("parents", [[-1, -1, 0, 1, 2, 2], [-1, 0, 1, 2]])
 def test_dynamic_step_from_the_drafters_ancestors_equals_the_parents_walk(tiny, parents):
     """A tree that carries its depths and ancestor matrix (the EAGLE drafter's) gets the same mask, positions
-    and logits as one built from its parents alone (chains: the model's own causal mask)."""
+    and logits as one built from its parents alone."""
     from vsd.decoding.drafter import DraftTree
     from vsd.decoding.tree_attention import ancestor_matrix
 

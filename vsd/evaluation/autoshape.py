@@ -39,7 +39,7 @@ from vsd.decoding.shape import (
 )
 from vsd.evaluation.costs import VERIFY_NODES, measure_shape_costs
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # bump when the engine's costs or the measurement change (stale caches are then ignored)
 
 
 def device_name(device: torch.device) -> str:
