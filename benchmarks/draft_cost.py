@@ -20,6 +20,7 @@ import dataclasses
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -100,6 +101,44 @@ def main() -> None:
         wall, dr, steps = per[dt]
         lvl = dr / steps / args.depth
         print(f"| {dt} | {lvl / t1:.3f} | {1000 * lvl:.2f} | {wall / steps / t1:.2f} |")
+    breakdown(target, drafter, ids, dcfgs[dtypes[-1]], args.depth)
+
+
+def breakdown(target, drafter, ids, dcfg, depth: int) -> None:
+    """Where a step's draft time goes (this checkout's runners only): commit, tree levels, the rest."""
+    from vsd.models import draft_runner
+
+    cls = draft_runner.EagerDraftRunner
+    if not hasattr(cls, "expand_level"):
+        return  # an older checkout
+    spent = {"commit": 0.0, "expand": 0.0, "propose": 0.0}
+    originals = {"commit": cls.commit, "expand": cls.expand_level, "propose": type(drafter).propose}
+
+    def timed(fn, key):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            spent[key] += time.perf_counter() - t0
+            return out
+
+        return wrapper
+
+    cls.commit, cls.expand_level = timed(cls.commit, "commit"), timed(cls.expand_level, "expand")
+    type(drafter).propose = timed(type(drafter).propose, "propose")
+    try:
+        steps = 0
+        for x in ids:
+            r = generate_spec(target, drafter, x, dcfg)
+            steps += len(r.accepted)
+    finally:
+        cls.commit, cls.expand_level = originals["commit"], originals["expand"]
+        type(drafter).propose = originals["propose"]
+    ms = {k: 1000 * v / steps for k, v in spent.items()}
+    print(
+        f"{dcfg.draft_dtype}, per step: propose {ms['propose']:.2f} ms = commit {ms['commit']:.2f} + "
+        f"{depth - 1} levels {ms['expand']:.2f} ({ms['expand'] / max(depth - 1, 1):.2f} each) + tree bookkeeping "
+        f"{ms['propose'] - ms['commit'] - ms['expand']:.2f} (the prompt's commit included)"
+    )
 
 
 if __name__ == "__main__":
