@@ -42,15 +42,13 @@ class GenResult:
     wall_s: float = 0.0  # synchronised wall time of the whole generation (prefill included)
     draft_s: float = 0.0  # time inside drafter.propose/commit (on CUDA: the span on the device's timeline)
     top2_gap: list[float] | None = None  # AR only, if asked: top1-top2 target logit gap per position
-    accepted_ranks: list[list[int]] = field(
-        default_factory=list
-    )  # per step: sibling ranks of the accepted path
+    # per step: the draft's sibling ranks along the accepted path (empty when nothing was accepted)
+    accepted_ranks: list[list[int]] = field(default_factory=list)
     # (D, CALIB_BINS, 3) float64, row d-1 = depth d: per confidence bin [count, sum of exp(logq), sum accepted]
     # over nodes whose parent was accepted; None without drafter ranks/log-probs (or for AR)
     calib: torch.Tensor | None = None
-    rank_counts: torch.Tensor | None = (
-        None  # (D, R, 2) float64: per depth and rank [parent accepted, accepted]
-    )
+    # (D, R, 2) float64: per depth and sibling rank [nodes whose parent was accepted, accepted ones]
+    rank_counts: torch.Tensor | None = None
 
     @property
     def tau(self) -> float:

@@ -7,6 +7,9 @@ so the speedup over AR can be at most  bound = tau / (c_verify + D * c_draft)  (
 everything else, e.g. sampling and bookkeeping, is extra). The ratio speedup / bound is the engine's
 efficiency. c_verify is measured with the engine's own verification forward; the drafter time comes from the
 timed (post-warm-up) eval generations themselves (``draft_s`` = time in propose + commit, any drafter).
+
+:func:`measure_shape_costs` measures the curves ``decoding.shape=auto`` needs: c_verify(n) over a range of tree
+sizes and the draft's cost per call (commit, each tree level per width), through the same runners.
 """
 
 from __future__ import annotations
