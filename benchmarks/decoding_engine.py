@@ -23,6 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.doc_sections import write_section  # noqa: E402
 from vsd.config import compose  # noqa: E402
 from vsd.decoding.engine import generate_ar, generate_spec  # noqa: E402
 from vsd.decoding.ngram import NgramDrafter  # noqa: E402
@@ -155,7 +156,7 @@ def main() -> None:
         f"Python {platform.python_version()}, torch {torch.__version__}, "
         f"transformers {__import__('transformers').__version__}"
     )
-    doc = f"""# Decoding engine benchmark (CPU)
+    doc = f"""## Engine with the n-gram drafter vs HF prompt lookup (`benchmarks/decoding_engine.py`)
 
 Command: `{" ".join([".venv/bin/python", "benchmarks/decoding_engine.py", *sys.argv[1:]])}`
 Date: {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}. Machine: {machine}.
@@ -175,7 +176,7 @@ Per prompt (new tokens / target forwards / wall seconds; "(diff)" = ids differ f
 
 {chr(10).join(per)}
 """
-    Path(args.out).write_text(doc)
+    write_section(args.out, "decoding_engine", doc)
     print(f"wrote {args.out}")
 
 

@@ -91,3 +91,23 @@ def test_too_small_max_len_is_a_one_line_user_error(tiny):
     ids = target.tokenizer(PROMPTS[0])["input_ids"]
     with pytest.raises(UserError, match="decoding.max_len"):
         generate_ar(target, ids, _d(cfg, capture="static", max_len=len(ids) + 4, max_new_tokens=16))
+
+
+@pytest.mark.parametrize("parents", [[-1, -1, 0, 1, 2, 2], [-1, 0, 1, 2]])
+def test_dynamic_step_from_the_drafters_ancestors_equals_the_parents_walk(tiny, parents):
+    """A tree that carries its depths and ancestor matrix (the EAGLE drafter's) gets the same mask, positions
+    and logits as one built from its parents alone."""
+    from vsd.decoding.drafter import DraftTree
+    from vsd.decoding.tree_attention import ancestor_matrix
+
+    target, _ = tiny
+    ids = target.tokenizer(PROMPTS[0])["input_ids"]
+    par = torch.tensor(parents)
+    bare = DraftTree(torch.arange(5, 5 + len(parents)), par)
+    rich = DraftTree(bare.tokens, par, depths=node_depths(par), ancestors=ancestor_matrix(par))
+    outs = []
+    for tree in (bare, rich):
+        r = DynamicRunner(target)
+        r.prefill(ids, False)
+        outs.append(r.step(3, tree, False).logits)
+    torch.testing.assert_close(outs[0], outs[1])

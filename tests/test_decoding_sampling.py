@@ -161,3 +161,54 @@ def test_gumbel_topk_is_without_replacement_in_sample_order():
     obs = [pairs.get(k, 0) for k in exp]
     tot = sum(exp.values())
     assert chisquare(obs, [exp[k] * n / tot for k in exp]).pvalue > 1e-3
+
+
+def _eagle_small(target):
+    """An EAGLE-3 head on the 6-token target drafting in a 4-token draft vocab (tokens 1 and 4 are never
+    drafted, so every sampled tree maps draft ids and scatters draft distributions)."""
+    from vsd.config.schema import DraftHeadConfig
+    from vsd.models.draft import build_head
+    from vsd.models.drafter_eagle import EagleDrafter
+
+    head = build_head(target, DraftHeadConfig(vocab_size=4), torch.tensor([0, 2, 3, 5]), seed=0)
+    g = torch.Generator().manual_seed(2)
+    for p in head.parameters():
+        if p.requires_grad and p.dim() >= 2:
+            p.data = torch.randn(p.shape, generator=g)
+    return EagleDrafter(head)
+
+
+def test_eagle_drafter_in_a_draft_vocab_matches_target(small):
+    exact = _exact(small, DCFG)
+    drafter = _eagle_small(small)
+    spec = _counts(lambda g: generate_spec(small, drafter, PROMPT, DCFG, generator=g), 1200)
+    assert _pvalue(spec, exact) > 1e-3
+
+
+def test_wrong_draft_vocab_mapping_fails(small, monkeypatch):
+    """The test above has power: reading draft-vocab rows as if they were target-vocab rows biases the output."""
+    from vsd.decoding.drafter import DraftTree
+
+    def unmapped(self, row, vocab_size):
+        q = self.child_dists[row].float()
+        return torch.cat([q, q.new_zeros(vocab_size - q.numel())]) if self.dist_ids is not None else q.clone()
+
+    monkeypatch.setattr(DraftTree, "full_dist", unmapped)
+    exact = _exact(small, DCFG)
+    drafter = _eagle_small(small)
+    counts = _counts(lambda g: generate_spec(small, drafter, PROMPT, DCFG, generator=g), 600)
+    with pytest.raises(AssertionError):
+        assert _pvalue(counts, exact) > 1e-3
+
+
+def test_sample_draws_from_the_distribution():
+    from vsd.decoding.sampling import sample
+
+    p = torch.tensor([0.0, 0.5, 0.0, 0.2, 0.3, 0.0])
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros(6)
+    for _ in range(3000):
+        counts[sample(p * 7.0, g)] += 1  # unnormalised input
+    assert counts[p == 0].sum() == 0
+    assert float(chisquare(counts[p > 0].numpy(), (p[p > 0] * 3000).numpy()).pvalue) > 1e-3
+    assert sample(torch.tensor([0.0, 0.0, 1.0]), g) == 2

@@ -46,14 +46,24 @@ def test_t0_spec_equals_ar(setup, mode, tmp_path):
 
 
 def test_cache_holds_committed_entries_only(setup):
+    """Tree entries are dropped after each propose: the committed KV entries equal those of a drafter that
+    committed the same entries in one go, and the next tree is drafted right after them."""
     cfg, target, head = setup
     d = EagleDrafter(head)
     H = target.hidden_size
-    prompt = [5, 6, 7, 8]
-    d.reset(prompt, torch.randn(4, 3 * H))
+    g = torch.Generator().manual_seed(0)
+    prompt, f1, f2 = [5, 6, 7, 8], torch.randn(4, 3 * H, generator=g), torch.randn(2, 3 * H, generator=g)
+    d.reset(prompt, f1)
     tree = d.propose(9, cfg.decoding)
-    assert d.runner.length == 4 and len(d.runner.kv) == 4 and tree.size == cfg.decoding.total_tokens
+    assert d.runner.length == d.runner.tree_end == 4 and tree.size == cfg.decoding.total_tokens
     assert torch.isfinite(tree.tokens.float()).all() and set(tree.tokens.tolist()) <= set(head.d2t.tolist())
-    d.commit([9, int(tree.tokens[0])], torch.randn(2, 3 * H))
-    d.propose(11, cfg.decoding)
-    assert len(d.runner.kv) == 6  # 4 prompt entries + root 9 + accepted token, tree entries dropped
+    tok = int(tree.tokens[0])
+    d.commit([9, tok], f2)
+    t2 = d.propose(11, cfg.decoding)
+    assert d.runner.length == d.runner.tree_end == 6  # 4 prompt entries + root 9 + accepted token
+    ref = EagleDrafter(head)
+    ref.reset([*prompt, 9, tok], torch.cat([f1, f2]))
+    t_ref = ref.propose(11, cfg.decoding)
+    for a, b in ((d.runner.cache.k, ref.runner.cache.k), (d.runner.cache.v, ref.runner.cache.v)):
+        torch.testing.assert_close(a[..., :6, :], b[..., :6, :])
+    assert t2.tokens.tolist() == t_ref.tokens.tolist() and t2.parents.tolist() == t_ref.parents.tolist()

@@ -67,6 +67,8 @@ def test_static_runner_drafts_the_eager_trees(setup, mode, temperature):
     assert ds.runner.length == de.runner.length == 7 + 3 * 2  # the last commit is still pending
     for a, b in zip(te, ts):
         assert a.tokens.tolist() == b.tokens.tolist() and a.parents.tolist() == b.parents.tolist()
+        assert a.ranks.tolist() == b.ranks.tolist()
+        torch.testing.assert_close(a.logq, b.logq, atol=1e-5, rtol=1e-4)
         if temperature > 0:
             torch.testing.assert_close(a.child_dists, b.child_dists, atol=1e-5, rtol=1e-4)
     assert te[0].size == (10 if mode == "tree" else 4)
@@ -118,3 +120,58 @@ def test_bf16_draft_head_stays_lossless(setup):
         assert generate_spec(target, d, prompt, dcfg).tokens == generate_ar(target, prompt, _d(cfg)).tokens
         assert d.runner.head.fc.weight.dtype == torch.bfloat16
     assert head.fc.weight.dtype == torch.float32 and d.head_in("target") is d.head_in("bfloat16")
+
+
+def test_eager_levels_equal_a_reference_head_step(setup):
+    """The runner's commit and two tree levels (tables built from the pool on the device) give exactly what the
+    head computes on its plain append-only KVCache with explicitly written masks, positions and hiddens."""
+    from vsd.decoding.tree import TensorPool
+    from vsd.models.draft_runner import draft_logp
+
+    cfg, target, head = setup
+    g = torch.Generator().manual_seed(5)
+    feats = torch.randn(7, 3 * target.hidden_size, generator=g)
+    ids = [4, 5, 6, 7, 8, 9, 11]
+    run = EagerDraftRunner(head, store_rows=16)
+    root = run.commit(feats, ids)
+    kv = head.new_kv_cache()
+    h0, lg = head.step(head.fuse(feats[None]), torch.tensor([ids]), torch.arange(7)[None], kv)
+    torch.testing.assert_close(root, draft_logp(lg[0, -1:]))
+
+    def mask(rows: list[list[int]], n_keys: int) -> torch.Tensor:
+        allowed = torch.zeros(len(rows), n_keys, dtype=torch.bool)
+        for r, cols in enumerate(rows):
+            allowed[r, cols] = True
+        return torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None]
+
+    # level 1: three children of the root, at position 7, each seeing the committed entries and itself
+    pool = TensorPool(
+        tokens=torch.tensor([20, 21, 22, 30, 31]),
+        parents=torch.tensor([-1, -1, -1, 0, 2]),
+        depths=torch.tensor([1, 1, 1, 2, 2]),
+        scores=torch.zeros(5, dtype=torch.float64),
+        ranks=torch.zeros(5, dtype=torch.long),
+        logq=torch.zeros(5),
+    )
+    out1 = run.expand_level(torch.tensor([0, 1, 2]), 1, pool)
+    committed = list(range(7))
+    h1, lg1 = head.step(
+        h0[:, -1:].expand(1, 3, -1),
+        torch.tensor([[20, 21, 22]]),
+        torch.full((1, 3), 7),
+        kv,
+        mask([[*committed, 7 + r] for r in range(3)], 10),
+    )
+    torch.testing.assert_close(out1, draft_logp(lg1[0]))
+    # level 2: children of nodes 0 and 2, at position 8, seeing the committed entries, their parent, themselves
+    out2 = run.expand_level(torch.tensor([3, 4]), 2, pool)
+    _, lg2 = head.step(
+        h1[:, [0, 2]],
+        torch.tensor([[30, 31]]),
+        torch.full((1, 2), 8),
+        kv,
+        mask([[*committed, 7, 10], [*committed, 9, 11]], 12),
+    )
+    torch.testing.assert_close(out2, draft_logp(lg2[0]))
+    run.drop_tree()
+    assert run.length == run.tree_end == 7

@@ -110,3 +110,40 @@ def test_no_ar_no_speedup_and_bad_counts_fail():
     with pytest.raises(ValueError, match="accepted 4"):
         alpha_by_depth([{"accepted": [4], "tree_depth": [3]}])
     assert compute_metrics([]) == {}
+
+
+def test_rank_and_calibration_metrics_by_hand():
+    from vsd.evaluation.metrics import accepted_not_top1, calibration_errors
+
+    bins = 10
+    d1 = [[0, 0, 0] for _ in range(bins)]
+    d1[9] = [4, 3.8, 4]  # conf 0.95, all accepted: gap 0.05
+    d1[2] = [6, 1.5, 0]  # conf 0.25, none accepted: gap 0.25
+    d2 = [[0, 0, 0] for _ in range(bins)]
+    d2[5] = [2, 1.1, 2]  # conf 0.55, both accepted: gap 0.45
+    runs = [
+        {"accepted": [2, 0], "tree_depth": [2, 2], "accepted_ranks": [[0, 1], []], "calib": {"1": d1}},
+        {"accepted": [1], "tree_depth": [2], "accepted_ranks": [[0]], "calib": {"2": d2}},
+    ]
+    assert accepted_not_top1(runs) == pytest.approx(1 / 3)
+    ece = calibration_errors(runs)
+    assert ece[1] == (pytest.approx(0.17), 10.0) and ece[2] == (pytest.approx(0.45), 2.0)
+    rows = [
+        {
+            "category": "c",
+            "ar": {"new_tokens": 4, "target_forwards": 4, "wall_s": 1.0},
+            "spec": {"new_tokens": 4, "target_forwards": 2, "wall_s": 1.0, **r},
+            "peers": {},
+            "match": True,
+        }
+        for r in runs
+    ]
+    m = compute_metrics(rows)
+    assert m["eval/accepted_not_top1"] == pytest.approx(1 / 3)
+    assert m["eval/ece_d1"] == pytest.approx(0.17) and m["eval/ece_d2"] == pytest.approx(0.45)
+    assert m["eval/ece"] == pytest.approx((10 * 0.17 + 2 * 0.45) / 12)
+    assert m["eval/c/ece"] == pytest.approx(m["eval/ece"])
+    # rows without the diagnostics (older eval.jsonl files) give no such keys
+    for r in rows:
+        del r["spec"]["accepted_ranks"], r["spec"]["calib"]
+    assert not any(k.startswith(("eval/ece", "eval/accepted_not")) for k in compute_metrics(rows))

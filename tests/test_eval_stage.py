@@ -55,10 +55,17 @@ def test_eval_stage_ngram_tiny(tmp_path):
     ):
         assert key in metrics, key
     assert metrics["eval/lossless_match"] == 1.0
+    # draft diagnostics: the n-gram drafter's chains are its only (rank 0) choice, each at confidence 1
+    for r in rows:
+        assert [len(p) for p in r["spec"]["accepted_ranks"]] == r["spec"]["accepted"]
+        assert all(c[0] == 0 for cells in r["spec"]["calib"].values() for c in cells[:-1])
+    assert metrics["eval/accepted_not_top1"] == 0.0 and "eval/ece" in metrics
+    assert (metrics["eval/shape_depth"], metrics["eval/shape_nodes"]) == (5.0, 5.0)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["eval/tau"] == pytest.approx(metrics["eval/tau"])
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["status"] == "completed" and run["eval_info"]["turns"] == 2
+    assert run["shape"] == {"mode": "fixed", "depth": 5, "top_k": 1, "nodes": 5}
 
 
 def test_reference_eval_equals_decoded_eval_on_a_trained_draft(tmp_path):

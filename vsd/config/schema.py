@@ -215,13 +215,32 @@ class DecodingConfig:
     ngram_min: int = 1
     capture: str = "none"  # none | cuda_graph (GPU; eager fallback without CUDA) | static (graph path, eager)
     max_len: int = 4096  # static KV slots per generation (capture != none): prompt + new tokens + one tree
-    draft_dtype: str = (
-        "float32"  # the draft head's dtype while decoding: float32 | bfloat16 | float16 | target
-    )
+    # the draft head's dtype while decoding: target (the target's: bf16 for real targets) | float32 | bfloat16 |
+    # float16. A draft level is weight-bound on a CPU: bf16 halves its cost there (docs/bench_decoding.md)
+    draft_dtype: str = "target"
     near_tie_eps: float = 0.25  # bf16: a T=0 divergence must start where the AR top-2 logit gap < eps
+    # fixed: depth/top_k/total_tokens as given. auto: the eval stage measures this device's costs and the
+    # draft's acceptance on val prompts (cached per device, target and draft) and picks the shape with the
+    # best predicted bound (vsd/decoding/shape.py, docs/eval.md); only for model drafters (eagle3)
+    shape: str = "fixed"  # fixed | auto
+    shape_max_depth: int = 8  # auto: deepest candidate (and the depth of the measuring tree)
+    shape_max_top_k: int = 8  # auto: widest candidate top-k (and the measuring tree's)
+    shape_max_nodes: int = 64  # auto: largest candidate node budget (and the measuring tree's)
+    shape_prompts: int = 10  # auto: val prompts (first turns) decoded with the measuring tree
+    shape_max_new: int = 64  # auto: new tokens per measuring prompt
+    shape_remeasure: bool = False  # auto: ignore a cached measurement and measure again
 
     def __post_init__(self) -> None:
         _choice("decoding.mode", self.mode, ("tree", "chain"))
+        _choice("decoding.shape", self.shape, ("fixed", "auto"))
+        for key in (
+            "shape_max_depth",
+            "shape_max_top_k",
+            "shape_max_nodes",
+            "shape_prompts",
+            "shape_max_new",
+        ):
+            _positive(f"decoding.{key}", getattr(self, key))
         _choice("decoding.drafter", self.drafter, ("eagle3", "ngram"))
         _choice("decoding.capture", self.capture, ("none", "cuda_graph", "static"))
         _choice("decoding.draft_dtype", self.draft_dtype, ("float32", "bfloat16", "float16", "target"))

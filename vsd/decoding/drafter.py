@@ -30,6 +30,12 @@ class DraftTree:
     ancestors: (N, N) bool, optional: [i, j] when node j is node i or one of its ancestors, computed where the
         tree was built (a graphed drafter computes it inside its graph), so neither the target step's mask
         nor verification rebuilds it with extra small launches.
+    ranks: (N,) long, optional: each node's rank among its siblings by the draft (0 = the draft's top choice;
+        at T>0 the sampling order).
+    logq: (N,) float, optional: the draft's log-prob of each node given its parent (raw log-softmax at T=0,
+        the warped distribution it was sampled from at T>0).
+    dist_ids: (V_d,) long, optional: the target ids of ``child_dists``' columns when the drafter keeps its
+        distributions in a smaller draft vocabulary (None: the columns are the target vocab).
     """
 
     tokens: torch.Tensor
@@ -39,6 +45,9 @@ class DraftTree:
     depths: torch.Tensor | None = None
     depth_bound: int | None = None
     ancestors: torch.Tensor | None = None
+    ranks: torch.Tensor | None = None
+    logq: torch.Tensor | None = None
+    dist_ids: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -53,11 +62,26 @@ class DraftTree:
 
     @staticmethod
     def chain(tokens: list[int], child_dists: torch.Tensor | None = None) -> DraftTree:
-        """A single path root -> tokens[0] -> tokens[1] -> ..."""
+        """A single path root -> tokens[0] -> tokens[1] -> ... (each the drafter's only, top choice: rank 0,
+        log-prob 0: a point mass, as the n-gram drafter's)."""
         n = len(tokens)
         return DraftTree(
-            torch.tensor(tokens, dtype=torch.long), torch.arange(-1, n - 1, dtype=torch.long), child_dists
+            torch.tensor(tokens, dtype=torch.long),
+            torch.arange(-1, n - 1, dtype=torch.long),
+            child_dists,
+            ranks=torch.zeros(n, dtype=torch.long),
+            logq=torch.zeros(n),
         )
+
+    def full_dist(self, row: int, vocab_size: int) -> torch.Tensor:
+        """Row ``row`` of ``child_dists`` over the target vocab (vocab_size,) float, a fresh tensor (scattered
+        from the draft vocab when ``dist_ids`` is set)."""
+        assert self.child_dists is not None
+        q = self.child_dists[row].float()
+        if self.dist_ids is None:
+            return q.clone()
+        out = torch.zeros(vocab_size, dtype=q.dtype, device=q.device)
+        return out.index_copy_(0, self.dist_ids.to(q.device), q)
 
 
 @runtime_checkable

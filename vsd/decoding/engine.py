@@ -5,6 +5,12 @@ Speculative step: the drafter proposes a tree after the root (last committed tok
 KV cache); the target runs ONE forward over [root, tree...] with the tree attention mask and positions on
 top of its cache; verification picks the accepted path and the bonus/correction token; the KV entries of
 root + accepted path are gathered to the front of the new block and the rest is cropped.
+
+Diagnostics per verification step (:class:`DraftStats`, accumulated on the drafter's device without a host
+sync): the sibling ranks of the accepted path, and for every node whose parent was accepted (the root's
+children included) its depth, confidence exp(logq) and whether it was accepted, binned per depth into
+``CALIB_BINS`` equal-width confidence bins, plus per (depth, sibling rank) counts (``decoding.shape=auto``
+fits its acceptance model to those).
 """
 
 from __future__ import annotations
@@ -19,8 +25,11 @@ from vsd.decoding import verify as _verify
 from vsd.decoding.drafter import Drafter, DraftTree
 from vsd.decoding.runner import DynamicRunner, keep_cache_rows, make_runner  # noqa: F401 (re-export)
 from vsd.decoding.sampling import sample, warp
+from vsd.decoding.tree import tree_budget
 from vsd.decoding.tree_attention import node_depths
 from vsd.runtime import synchronize
+
+CALIB_BINS = 10  # equal-width bins of the draft's confidence exp(logq) in [0, 1]
 
 
 @dataclass
@@ -33,6 +42,13 @@ class GenResult:
     wall_s: float = 0.0  # synchronised wall time of the whole generation (prefill included)
     draft_s: float = 0.0  # time inside drafter.propose/commit (on CUDA: the span on the device's timeline)
     top2_gap: list[float] | None = None  # AR only, if asked: top1-top2 target logit gap per position
+    # per step: the draft's sibling ranks along the accepted path (empty when nothing was accepted)
+    accepted_ranks: list[list[int]] = field(default_factory=list)
+    # (D, CALIB_BINS, 3) float64, row d-1 = depth d: per confidence bin [count, sum of exp(logq), sum accepted]
+    # over nodes whose parent was accepted; None without drafter ranks/log-probs (or for AR)
+    calib: torch.Tensor | None = None
+    # (D, R, 2) float64: per depth and sibling rank [nodes whose parent was accepted, accepted ones]
+    rank_counts: torch.Tensor | None = None
 
     @property
     def tau(self) -> float:
@@ -75,6 +91,49 @@ class _Timer:
             self._host += sum(a.elapsed_time(b) for a, b in self._spans) / 1000
             self._spans.clear()
         return self._host
+
+
+class DraftStats:
+    """Accumulates :class:`GenResult`'s draft diagnostics over one generation. Trees without ``ranks`` and
+    ``logq`` (a drafter that does not record them) only get their depth recorded."""
+
+    def __init__(self, depth: int, ranks: int):
+        self.depth, self.ranks = depth, ranks
+        self.calib: torch.Tensor | None = None
+        self.rank_counts: torch.Tensor | None = None
+
+    def add(self, tree: DraftTree, path: list[int]) -> tuple[int, list[int]]:
+        """Record one verified tree and its accepted path; returns (tree depth, ranks along the path)."""
+        if tree.size == 0:
+            return 0, []
+        depths = tree.depths if tree.depths is not None else node_depths(tree.parents.cpu())
+        if tree.ranks is None or tree.logq is None:
+            return int(depths.max()), []
+        dev = tree.ranks.device
+        if self.calib is None:
+            self.calib = torch.zeros(self.depth * CALIB_BINS, 3, dtype=torch.float64, device=dev)
+            self.rank_counts = torch.zeros(self.depth * self.ranks, 2, dtype=torch.float64, device=dev)
+        ok = torch.zeros(tree.size + 1, dtype=torch.bool)
+        ok[0] = True  # the root
+        ok[[i + 1 for i in path]] = True
+        ok = ok.to(dev)
+        seen = ok[tree.parents.to(dev) + 1].double()  # the parent was accepted
+        acc = ok[1:].double() * seen
+        conf = tree.logq.double().exp()
+        d = depths.to(dev).clamp(1, self.depth) - 1
+        b = (conf * CALIB_BINS).long().clamp(0, CALIB_BINS - 1)
+        self.calib.index_add_(0, d * CALIB_BINS + b, torch.stack([seen, conf * seen, acc], 1))
+        r = tree.ranks.clamp(0, self.ranks - 1)
+        self.rank_counts.index_add_(0, d * self.ranks + r, torch.stack([seen, acc], 1))
+        # one small host read: the deepest level and the accepted path's ranks
+        read = torch.cat([depths.max().reshape(1).to(dev), tree.ranks[path] if path else tree.ranks[:0]])
+        vals = read.tolist()
+        return int(vals[0]), [int(v) for v in vals[1:]]
+
+    def finish(self, res: GenResult) -> None:
+        if self.calib is not None:
+            res.calib = self.calib.view(self.depth, CALIB_BINS, 3).cpu()
+            res.rank_counts = self.rank_counts.view(self.depth, self.ranks, 2).cpu()
 
 
 def _pick(logits: torch.Tensor, dcfg: DecodingConfig, generator: torch.Generator | None) -> int:
@@ -163,6 +222,8 @@ def generate_spec(
     tokens = res.tokens
     runner = make_runner(target, dcfg)
     rows_static = _static_rows(drafter, dcfg)
+    depth, k, _ = tree_budget(dcfg)
+    stats = DraftStats(depth, k)
     with wall:
         out = runner.prefill(list(prompt_ids), feats_on)
         res.target_forwards = 1
@@ -176,13 +237,15 @@ def generate_spec(
                 tree = drafter.propose(root, dcfg, generator)
             out = runner.step(root, tree, feats_on, rows=rows_static)
             res.target_forwards += 1
-            if dcfg.temperature > 0:
-                path, nxt = _verify.verify_sampled(tree, out.logits[0].float(), dcfg, generator)
-            else:  # argmax needs no float copy of the (N+1, V) logits
+            if dcfg.temperature > 0:  # each visited row is warped in float32: no copy of all (N+1, V) logits
+                path, nxt = _verify.verify_sampled(tree, out.logits[0], dcfg, generator)
+            else:
                 path, nxt = _verify.verify_greedy(tree, out.logits[0])
             # the small host copies first, while the device queue is empty after verification
             acc = tree.tokens[path].tolist() if path else []
-            res.tree_depth.append(int(node_depths(tree.parents.cpu()).max()) if tree.size else 0)
+            tree_depth, ranks = stats.add(tree, path)
+            res.tree_depth.append(tree_depth)
+            res.accepted_ranks.append(ranks)
             rows = [0] + [i + 1 for i in path]
             feats = out.features[0, rows] if feats_on else None  # read before the next step reuses buffers
             runner.keep(rows)
@@ -197,4 +260,5 @@ def generate_spec(
             stop = _stop_index(tokens, n0, eos, dcfg.max_new_tokens)
         del tokens[stop:]
     res.wall_s, res.draft_s = wall.total, draft.total
+    stats.finish(res)
     return res

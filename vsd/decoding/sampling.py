@@ -43,19 +43,30 @@ def on_generator(t: torch.Tensor, generator: torch.Generator | None) -> torch.Te
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator | None) -> int:
-    """One draw from a (V,) probability vector."""
-    return int(torch.multinomial(on_generator(probs, generator), 1, generator=generator))
+    """One draw from a (V,) probability vector (need not be normalised), by inverting its CDF: the first token
+    whose cumulative mass exceeds u * total, u ~ U[0, 1). A token of zero probability adds no mass, so it is
+    never drawn. (``torch.multinomial`` takes ~0.8 ms for one draw over a 49k vocab on a CPU, this ~0.05 ms.)"""
+    probs = on_generator(probs, generator)
+    cdf = probs.double().cumsum(-1)
+    u = torch.rand((1,), generator=generator, device=probs.device, dtype=torch.float64)
+    return int(torch.searchsorted(cdf, u * cdf[-1], right=True).clamp_(max=probs.numel() - 1))
+
+
+def gumbel_keys(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Gumbel-perturbed log-probs (..., V) on ``generator``'s device: the order of ``log p + Gumbel noise``
+    along the last dim is the order of successive draws without replacement from each row. Tokens of zero
+    probability get -inf."""
+    probs = on_generator(probs, generator)
+    u = torch.rand(probs.shape, generator=generator, device=probs.device).clamp_(1e-20, 1.0 - 1e-7)
+    return probs.log() - torch.log(-torch.log(u))
 
 
 def gumbel_topk(probs: torch.Tensor, k: int, generator: torch.Generator | None) -> torch.Tensor:
     """Up to k distinct ids drawn WITHOUT replacement from (V,) ``probs``, in sample order.
 
-    Gumbel-top-k: the order of ``log p + Gumbel noise`` is the order of successive draws without
-    replacement. Tokens of zero probability are never returned (fewer than k ids if the support is small).
+    Gumbel-top-k (:func:`gumbel_keys`). Tokens of zero probability are never returned (fewer than k ids if the
+    support is small).
     """
-    probs = on_generator(probs, generator)
-    support = int((probs > 0).sum())
-    k = min(k, support)
-    u = torch.rand(probs.shape, generator=generator, device=probs.device).clamp_(1e-20, 1.0 - 1e-7)
-    keys = probs.log() - torch.log(-torch.log(u))
-    return keys.topk(k).indices
+    keys = gumbel_keys(probs, generator)
+    top = keys.topk(min(k, keys.numel()))
+    return top.indices[top.values > float("-inf")]

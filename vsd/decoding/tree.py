@@ -12,10 +12,19 @@ parent's distribution is dropped with its subtree (that depends only on the pare
 
 ``mode == "chain"`` is the same procedure with top_k = 1 and total_tokens = depth.
 
-:func:`grow_greedy` is the T = 0 procedure again in tensor operations only: no value crosses to the host, every
-shape is fixed, so a static-shape drafter can capture the whole tree as one CUDA graph. On a GPU the host
-round trip per tree level of :func:`build_dynamic_tree` costs more than the draft head itself. The tests hold
-the two to the same trees.
+Two implementations of each:
+- :func:`build_dynamic_tree` runs on the host with a per-node ``expand`` callback (generic drafters, tests);
+- :func:`grow_greedy` and :func:`grow_sampled` run a whole level in tensor operations, with ``expand`` getting
+  the level's pool indices. :func:`grow_greedy` moves no value to the host and keeps every shape fixed, so a
+  static-shape drafter can capture the whole T = 0 tree as one CUDA graph; on a CPU both avoid per-node Python.
+  The tests hold them to the host builder's trees.
+
+Model drafters score children in their own (smaller) draft vocabulary: ``token_map`` (V_d,) maps the few
+chosen draft ids to target ids, so no (rows, target vocab) tensor is ever built.
+
+Every tree records each node's sibling ``rank`` by the draft (0 = the draft's top choice at T = 0, the first
+draw at T > 0) and ``logq``, the draft's log-probability of the node given its parent (raw log-softmax at
+T = 0, the warped distribution it was sampled from at T > 0): the eval's rank and calibration diagnostics.
 """
 
 from __future__ import annotations
@@ -29,11 +38,11 @@ import torch
 
 from vsd.config.schema import DecodingConfig
 from vsd.decoding.drafter import DraftTree
-from vsd.decoding.sampling import gumbel_topk, warp
+from vsd.decoding.sampling import gumbel_keys, warp
 from vsd.decoding.tree_attention import ancestors_by_hops
 
 Expand = Callable[[torch.Tensor], torch.Tensor]
-# (node pool indices (k,), tree level d >= 1 (the nodes' depth), the pool so far) -> (k, V) log-probs
+# (node pool indices (m,), tree level d >= 1 (the nodes' depth), the pool so far) -> (m, V) log-probs
 ExpandLevel = Callable[[torch.Tensor, int, "TensorPool"], torch.Tensor]
 
 
@@ -43,40 +52,57 @@ class NodePool:
 
     Before ``expand(idx)`` is called, ``tokens[i]``, ``parents[i]`` (pool index, -1 = root) and
     ``depths[i]`` (1 = child of the root) are set for every i in idx, so a drafter can feed its model.
+    ``ranks[i]`` is the node's rank among its siblings, ``logq[i]`` its log-prob given the parent.
     """
 
     tokens: list[int] = field(default_factory=list)
     parents: list[int] = field(default_factory=list)
     depths: list[int] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
+    ranks: list[int] = field(default_factory=list)
+    logq: list[float] = field(default_factory=list)
 
-    def add(self, token: int, parent: int, score: float) -> int:
+    def add(self, token: int, parent: int, score: float, rank: int = 0, logq: float = 0.0) -> int:
         self.tokens.append(token)
         self.parents.append(parent)
         self.depths.append(1 if parent < 0 else self.depths[parent] + 1)
         self.scores.append(score)
+        self.ranks.append(rank)
+        self.logq.append(logq)
         return len(self.tokens) - 1
 
-    def extend(self, tokens: list[int], parents: list[int], scores: list[float]) -> None:
+    def extend(
+        self, tokens: list[int], parents: list[int], scores: list[float], ranks: list[int], logq: list[float]
+    ) -> None:
         """Add nodes in bulk (one tree level): the same as ``add`` for each, in order."""
         self.tokens.extend(tokens)
         self.parents.extend(parents)
         self.depths.extend(1 if p < 0 else self.depths[p] + 1 for p in parents)
         self.scores.extend(scores)
+        self.ranks.extend(ranks)
+        self.logq.extend(logq)
 
     def clear(self) -> None:
-        for lst in (self.tokens, self.parents, self.depths, self.scores):
+        for lst in (self.tokens, self.parents, self.depths, self.scores, self.ranks, self.logq):
             lst.clear()
 
 
 @dataclass
 class TensorPool:
-    """Every node :func:`grow_greedy` created, in creation order, as tensors on the drafter's device."""
+    """Every node a tensor builder created, in creation order, as tensors on the drafter's device."""
 
-    tokens: torch.Tensor  # (P,) long
+    tokens: torch.Tensor  # (P,) long target ids
     parents: torch.Tensor  # (P,) long pool index, -1 = child of the root
     depths: torch.Tensor  # (P,) long, 1 = child of the root
-    scores: torch.Tensor  # (P,) float64 cumulative log-probs
+    scores: torch.Tensor  # (P,) float64 cumulative log-probs (zeros for sampled trees)
+    ranks: torch.Tensor  # (P,) long sibling rank
+    logq: torch.Tensor  # (P,) float log-prob given the parent
+
+    def cat(self, other: TensorPool) -> TensorPool:
+        return TensorPool(*(torch.cat([a, b]) for a, b in zip(self.fields(), other.fields())))
+
+    def fields(self) -> tuple[torch.Tensor, ...]:
+        return self.tokens, self.parents, self.depths, self.scores, self.ranks, self.logq
 
 
 def tree_budget(dcfg: DecodingConfig) -> tuple[int, int, int]:
@@ -92,6 +118,11 @@ def max_pool_nodes(dcfg: DecodingConfig) -> int:
     return k + (depth - 1) * k * k
 
 
+def _mapped(ids: torch.Tensor, token_map: torch.Tensor | None) -> torch.Tensor:
+    return ids if token_map is None else token_map[ids]
+
+
+# ------------------------------------------------------------------------------------------ host builder
 def build_dynamic_tree(
     expand: Expand,
     dcfg: DecodingConfig,
@@ -104,7 +135,7 @@ def build_dynamic_tree(
 
     ``pool`` (optional) receives every created node so ``expand`` can look up tokens/parents; pass the
     drafter's own pool when expand needs it. Returns the kept nodes topologically ordered, siblings in
-    sample order, with ``pool_index`` set.
+    sample order, with ``pool_index``, ``ranks`` and ``logq`` set.
     """
     pool = pool if pool is not None else NodePool()
     pool.clear()
@@ -124,8 +155,13 @@ def _build_greedy(expand: Expand, dcfg: DecodingConfig, pool: NodePool) -> Draft
         base = torch.tensor([0.0 if p < 0 else pool.scores[p] for p in frontier], dtype=torch.float64)
         cand = (base[:, None] + vals).flatten()  # children of each frontier node, in rank order
         n0 = len(pool.tokens)
+        m, kk = vals.shape
         pool.extend(
-            ids.flatten().tolist(), [p for p in frontier for _ in range(vals.shape[1])], cand.tolist()
+            ids.flatten().tolist(),
+            [p for p in frontier for _ in range(kk)],
+            cand.tolist(),
+            list(range(kk)) * m,
+            vals.flatten().tolist(),
         )
         scores = torch.cat([scores, cand])
         # the k best nodes of this depth are expanded next (stable: ties keep creation order)
@@ -136,45 +172,7 @@ def _build_greedy(expand: Expand, dcfg: DecodingConfig, pool: NodePool) -> Draft
     return _to_tree(pool, keep, None)
 
 
-def grow_greedy(
-    root_logp: torch.Tensor, expand: ExpandLevel, depth: int, k: int, total: int
-) -> tuple[DraftTree, TensorPool]:
-    """The T = 0 tree of :func:`_build_greedy` from ``root_logp`` (1, V) (the root's children), with ``expand``
-    giving the children of the k frontier nodes of each level. Tensor operations only (capturable); every
-    returned tensor stays on ``root_logp``'s device. ``DraftTree.depths`` and ``ancestors`` are set; its depth
-    bound is ``depth``."""
-    dev = root_logp.device
-    top = root_logp.float().topk(k, dim=-1)
-    pool = TensorPool(
-        tokens=top.indices[0],
-        parents=torch.full((k,), -1, dtype=torch.long, device=dev),
-        depths=torch.ones(k, dtype=torch.long, device=dev),
-        scores=top.values[0].double(),
-    )
-    frontier = pool.scores.sort(descending=True, stable=True).indices[:k]
-    for d in range(1, depth):
-        logp = expand(frontier, d, pool).float()
-        top = logp.topk(k, dim=-1)
-        cand = (pool.scores[frontier][:, None] + top.values.double()).flatten()
-        n0 = pool.tokens.numel()
-        pool = TensorPool(
-            tokens=torch.cat([pool.tokens, top.indices.flatten()]),
-            parents=torch.cat([pool.parents, frontier[:, None].expand(k, k).reshape(-1)]),
-            depths=torch.cat([pool.depths, torch.full((k * k,), d + 1, dtype=torch.long, device=dev)]),
-            scores=torch.cat([pool.scores, cand]),
-        )
-        frontier = n0 + cand.sort(descending=True, stable=True).indices[:k]
-    keep = pool.scores.sort(descending=True, stable=True).indices[:total].sort().values
-    pos = torch.full_like(pool.parents, -1)
-    pos[keep] = torch.arange(keep.numel(), device=dev)
-    par = pool.parents[keep]
-    parents = torch.where(par >= 0, pos[par.clamp(min=0)], par)
-    anc = ancestors_by_hops(parents, depth)
-    tree = DraftTree(pool.tokens[keep], parents, None, keep, pool.depths[keep], depth, anc)
-    return tree, pool
-
-
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=256)
 def static_template(depth: int, k: int, total: int) -> tuple[tuple[int, ...], ...]:
     """The T>0 tree shape: rank paths (e.g. (0,), (1,), (0, 0)) kept by EAGLE-2 on the score
     -sum log(rank+1), ordered by depth then creation (topological, siblings by rank)."""
@@ -195,14 +193,20 @@ def static_template(depth: int, k: int, total: int) -> tuple[tuple[int, ...], ..
     return tuple(n for n in order if n in kept)
 
 
+def _children_counts(template: tuple[tuple[int, ...], ...]) -> dict[tuple[int, ...], int]:
+    """Rank path -> how many children the template gives it (its highest child rank + 1)."""
+    n_children: dict[tuple[int, ...], int] = {}
+    for path in template:
+        n_children[path[:-1]] = max(n_children.get(path[:-1], 0), path[-1] + 1)
+    return n_children
+
+
 def _build_sampled(
     expand: Expand, dcfg: DecodingConfig, generator: torch.Generator | None, pool: NodePool
 ) -> DraftTree:
     depth, k, total = tree_budget(dcfg)
     template = static_template(depth, k, total)
-    n_children: dict[tuple[int, ...], int] = {}
-    for path in template:
-        n_children[path[:-1]] = max(n_children.get(path[:-1], 0), path[-1] + 1)
+    n_children = _children_counts(template)
     where: dict[tuple[int, ...], int] = {(): -1}  # rank path -> pool index
     dists: dict[int, torch.Tensor] = {}
     for d in range(depth):
@@ -214,9 +218,11 @@ def _build_sampled(
         for row, par in enumerate(parents):
             pidx = where[par]
             dists[pidx] = q[row]
-            ids = gumbel_topk(q[row], n_children[par], generator).tolist()
-            for r, t in enumerate(ids):  # ranks past the support are absent, with their subtrees
-                where[par + (r,)] = pool.add(int(t), pidx, 0.0)
+            keys = gumbel_keys(q[row], generator)
+            top = keys.topk(min(n_children[par], keys.numel()))
+            ids = top.indices[top.values > float("-inf")].tolist()  # ranks past the support are absent
+            for r, t in enumerate(ids):
+                where[par + (r,)] = pool.add(int(t), pidx, 0.0, r, math.log(float(q[row, t])))
     keep = [where[p] for p in template if p in where]
     return _to_tree(pool, keep, dists)
 
@@ -231,4 +237,147 @@ def _to_tree(pool: NodePool, keep: list[int], dists: dict[int, torch.Tensor] | N
         first = next(iter(dists.values()))
         rows = [dists.get(p) for p in [-1, *keep]]
         child_dists = torch.stack([r if r is not None else torch.zeros_like(first) for r in rows])
-    return DraftTree(tokens, parents.long(), child_dists, torch.tensor(keep, dtype=torch.long))
+    return DraftTree(
+        tokens,
+        parents.long().reshape(-1),
+        child_dists,
+        torch.tensor(keep, dtype=torch.long),
+        ranks=torch.tensor([pool.ranks[p] for p in keep], dtype=torch.long),
+        logq=torch.tensor([pool.logq[p] for p in keep], dtype=torch.float32),
+    )
+
+
+# ------------------------------------------------------------------------------------------ tensor builders
+def _subtree(pool: TensorPool, keep: torch.Tensor, depth: int) -> DraftTree:
+    """The kept pool nodes ``keep`` (increasing, closed under ancestors) as a DraftTree on the pool's device,
+    with depths, ancestors and its depth bound."""
+    pos = torch.full_like(pool.parents, -1)
+    pos[keep] = torch.arange(keep.numel(), device=keep.device)
+    par = pool.parents[keep]
+    parents = torch.where(par >= 0, pos[par.clamp(min=0)], par)
+    return DraftTree(
+        pool.tokens[keep],
+        parents,
+        None,
+        keep,
+        pool.depths[keep],
+        depth,
+        ancestors_by_hops(parents, depth),
+        ranks=pool.ranks[keep],
+        logq=pool.logq[keep],
+    )
+
+
+def grow_greedy(
+    root_logp: torch.Tensor,
+    expand: ExpandLevel,
+    depth: int,
+    k: int,
+    total: int,
+    token_map: torch.Tensor | None = None,
+) -> tuple[DraftTree, TensorPool]:
+    """The T = 0 tree of :func:`_build_greedy` from ``root_logp`` (1, V) (the root's children), with ``expand``
+    giving the children of the k frontier nodes of each level. ``token_map`` (V,) maps the log-probs' columns
+    to target ids (None: the columns are target ids). Tensor operations only (capturable); every returned
+    tensor stays on ``root_logp``'s device. ``DraftTree.depths`` and ``ancestors`` are set; its depth bound is
+    ``depth``."""
+    dev = root_logp.device
+    top = root_logp.float().topk(k, dim=-1)
+    ranks = torch.arange(k, device=dev)
+    pool = TensorPool(
+        tokens=_mapped(top.indices[0], token_map),
+        parents=torch.full((k,), -1, dtype=torch.long, device=dev),
+        depths=torch.ones(k, dtype=torch.long, device=dev),
+        scores=top.values[0].double(),
+        ranks=ranks,
+        logq=top.values[0],
+    )
+    frontier = pool.scores.sort(descending=True, stable=True).indices[:k]
+    for d in range(1, depth):
+        logp = expand(frontier, d, pool).float()
+        top = logp.topk(k, dim=-1)
+        cand = (pool.scores[frontier][:, None] + top.values.double()).flatten()
+        n0 = pool.tokens.numel()
+        pool = pool.cat(
+            TensorPool(
+                tokens=_mapped(top.indices.flatten(), token_map),
+                parents=frontier[:, None].expand(k, k).reshape(-1),
+                depths=torch.full((k * k,), d + 1, dtype=torch.long, device=dev),
+                scores=cand,
+                ranks=ranks.repeat(k),
+                logq=top.values.flatten(),
+            )
+        )
+        frontier = n0 + cand.sort(descending=True, stable=True).indices[:k]
+    keep = pool.scores.sort(descending=True, stable=True).indices[:total].sort().values
+    return _subtree(pool, keep, depth), pool
+
+
+def grow_sampled(
+    root_logp: torch.Tensor,
+    expand: ExpandLevel,
+    dcfg: DecodingConfig,
+    generator: torch.Generator | None,
+    token_map: torch.Tensor | None = None,
+    template: tuple[tuple[int, ...], ...] | None = None,
+) -> DraftTree:
+    """The T > 0 tree of :func:`_build_sampled` level by level: each level's rows are warped and sampled
+    without replacement (Gumbel-top-k) in one batch. ``root_logp`` (1, V) and ``expand`` as in
+    :func:`grow_greedy` (``expand`` gets the level's parents, at most k of them); ``template`` defaults to
+    :func:`static_template` of the configured budget. ``child_dists`` keeps the warped rows in the log-probs'
+    columns, with ``dist_ids = token_map``. One small host read per level (which sampled ranks exist)."""
+    depth, k, total = tree_budget(dcfg)
+    template = template if template is not None else static_template(depth, k, total)
+    n_children = _children_counts(template)
+    dev = root_logp.device
+    where: dict[tuple[int, ...], int] = {(): -1}  # rank path -> pool index
+    pool: TensorPool | None = None
+    dist_rows: list[torch.Tensor] = []  # warped rows, in creation order of their parents
+    dist_of: dict[int, int] = {}  # pool index (-1 = root) -> row in dist_rows' concatenation
+    n_rows = 0
+    for d in range(depth):
+        parents = [p for p in n_children if len(p) == d and p in where]
+        if not parents:
+            break
+        idx = [where[p] for p in parents]
+        logp = root_logp if d == 0 else expand(torch.tensor(idx, device=dev), d, pool)
+        q = warp(logp, dcfg.temperature, dcfg.target_top_k, dcfg.top_p)
+        kmax = max(n_children[p] for p in parents)
+        top = gumbel_keys(q, generator).topk(min(kmax, q.shape[-1]), dim=-1)
+        ids = top.indices.to(q.device)
+        logq = q.gather(-1, ids).log()
+        ok = (top.values > float("-inf")).tolist()  # ranks past a row's support are absent
+        dist_rows.append(q)
+        for row, i in enumerate(idx):
+            dist_of[i] = n_rows + row
+        n_rows += len(idx)
+        sel_row, sel_rank = [], []
+        for row, par in enumerate(parents):
+            for r in range(n_children[par]):
+                if ok[row][r]:
+                    where[par + (r,)] = (0 if pool is None else pool.tokens.numel()) + len(sel_row)
+                    sel_row.append(row)
+                    sel_rank.append(r)
+        if not sel_row:
+            break
+        rows_t = torch.tensor(sel_row, device=dev)
+        ranks_t = torch.tensor(sel_rank, device=dev)
+        new = TensorPool(
+            tokens=_mapped(ids[rows_t, ranks_t], token_map),
+            parents=torch.tensor([idx[r] for r in sel_row], device=dev),
+            depths=torch.full((len(sel_row),), d + 1, dtype=torch.long, device=dev),
+            scores=torch.zeros(len(sel_row), dtype=torch.float64, device=dev),
+            ranks=ranks_t,
+            logq=logq[rows_t, ranks_t],
+        )
+        pool = new if pool is None else pool.cat(new)
+    assert pool is not None, "the root's distribution has an empty support"
+    keep_list = [where[p] for p in template if p in where]
+    keep = torch.tensor(keep_list, device=dev)
+    tree = _subtree(pool, keep, depth)
+    allq = torch.cat(dist_rows)
+    # row 0: the root's distribution; row i + 1: node i's children's (zeros for leaves)
+    rows = torch.tensor([dist_of.get(i, n_rows) for i in [-1, *keep_list]], device=dev)
+    tree.child_dists = torch.cat([allq, torch.zeros_like(allq[:1])])[rows]
+    tree.dist_ids = token_map
+    return tree

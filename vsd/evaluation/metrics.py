@@ -8,6 +8,12 @@ Definitions (docs/eval.md, design method.md "Metrics"):
 - alpha_k = P(depth-k draft token accepted | depth k-1 accepted, depth k drafted), pooled over every
   verification step: #{steps: accepted >= k, drafted depth >= k} / #{steps: accepted >= k-1, depth >= k}.
 - lossless_match = fraction of rows (prompt turns) whose speculative ids equal the AR ids (T=0 rows only).
+- accepted_not_top1 = fraction of verification steps whose accepted path leaves the draft's top-1 chain: it holds
+  a node of sibling rank > 0 (a step that accepted nothing stays on the chain). From ``accepted_ranks``.
+- ece_d{k} = expected calibration error of the draft at depth k, over the nodes whose parent was accepted:
+  sum over the CALIB_BINS equal-width confidence bins b of (n_b / n) |mean confidence_b - accept rate_b|, with
+  confidence exp(logq) (the draft's probability of the node given its parent). ece = the same pooled over
+  depths, each depth weighted by its node count n. From ``calib``.
 Other conventions (e.g. ViSpec's accepted length without the bonus token) are derived here from the raw
 counts, never by changing the definitions above.
 """
@@ -54,6 +60,34 @@ def alpha_by_depth(runs: Iterable[Mapping[str, Any]]) -> dict[int, float]:
     return {k: num[k] / den[k] for k in sorted(den)}
 
 
+def accepted_not_top1(runs: Iterable[Mapping[str, Any]]) -> float | None:
+    """Fraction of verification steps whose accepted rank path holds a rank > 0; None without rank paths."""
+    steps = [p for r in runs for p in (r.get("accepted_ranks") or [])]
+    if not steps:
+        return None
+    return sum(any(rank > 0 for rank in p) for p in steps) / len(steps)
+
+
+def calibration_errors(runs: Iterable[Mapping[str, Any]]) -> dict[int, tuple[float, float]]:
+    """Per depth k: (ECE_k, node count n_k) from the ``calib`` bins of every run, summed over runs first."""
+    bins: dict[int, list[list[float]]] = {}
+    for r in runs:
+        for depth, cells in (r.get("calib") or {}).items():
+            acc = bins.setdefault(int(depth), [[0.0, 0.0, 0.0] for _ in cells])
+            if len(acc) != len(cells):
+                raise ValueError(f"calib: depth {depth} has {len(cells)} bins, other rows {len(acc)}")
+            for a, c in zip(acc, cells):
+                for i in range(3):
+                    a[i] += float(c[i])
+    out = {}
+    for depth, cells in sorted(bins.items()):
+        n = sum(c[0] for c in cells)
+        if n > 0:
+            ece = sum(c[0] / n * abs(c[1] / c[0] - c[2] / c[0]) for c in cells if c[0] > 0)
+            out[depth] = (ece, n)
+    return out
+
+
 def _method_metrics(prefix: str, runs: list[Mapping[str, Any]], ar_rate: float | None) -> dict[str, float]:
     """tau, tokens/s, speedup (vs ``ar_rate``) and acceptance for one method's runs."""
     tokens, forwards, seconds = _sums(runs)
@@ -71,6 +105,15 @@ def _method_metrics(prefix: str, runs: list[Mapping[str, Any]], ar_rate: float |
         if steps:
             # Mean accepted draft tokens per verification step, bonus excluded (ViSpec/SpecForge style).
             out[f"{prefix}accepted_per_step"] = sum(sum(r["accepted"]) for r in runs) / steps
+        off = accepted_not_top1(runs)
+        if off is not None:
+            out[f"{prefix}accepted_not_top1"] = off
+        ece = calibration_errors(runs)
+        for k, (e, _) in ece.items():
+            out[f"{prefix}ece_d{k}"] = e
+        if ece:
+            total = sum(n for _, n in ece.values())
+            out[f"{prefix}ece"] = sum(e * n for e, n in ece.values()) / total
     return out
 
 
@@ -86,8 +129,9 @@ def compute_metrics(rows: list[Row]) -> dict[str, float]:
     "match": bool|None, "diverge_at": int|None, "diverge_gap": float|None, "near_tie": bool|None}`` where a
     run is ``{"new_tokens", "target_forwards", "wall_s", ["drafted", "accepted", "tree_depth", "match"]}``.
     Rows with ``"skipped"`` (a turn too long for the context) are not decoded: they only count in
-    ``eval/skipped_too_long``. Keys: ``eval/tau``, ``eval/speedup``, ``eval/tokens_per_s``, ``eval/ar_tokens_per_s``,
-    ``eval/lossless_match``, ``eval/alpha_<k>``, the same per category as ``eval/<category>/...``, and
+    ``eval/skipped_too_long``. Keys: ``eval/tau``, ``eval/speedup``, ``eval/tokens_per_s``,
+    ``eval/ar_tokens_per_s``, ``eval/lossless_match``, ``eval/alpha_<k>``, ``eval/accepted_not_top1``,
+    ``eval/ece_d<k>``, ``eval/ece``, the same per category as ``eval/<category>/...``, and
     ``eval/peer/<name>/{tau,tokens_per_s,speedup,lossless_match}``.
     """
     if not rows:

@@ -7,12 +7,18 @@ re-tokenised text. MT-Bench turn 2 is conditioned on the model's OWN turn-1 answ
 A row of ``eval.jsonl`` (one per prompt turn):
 ``{"id", "category", "source", "turn", "prompt_tokens", "temperature",
    "ar":   {"new_tokens", "target_forwards", "wall_s", "ids"} | None,
-   "spec": {"new_tokens", "target_forwards", "wall_s", "draft_s", "drafted", "accepted", "tree_depth", "ids"},
+   "spec": {"new_tokens", "target_forwards", "wall_s", "draft_s", "drafted", "accepted", "tree_depth", "ids",
+            "accepted_ranks", "calib", "rank_counts"},
    "peers": {name: {"new_tokens", "target_forwards", "wall_s", "match"} | {"skipped": reason}},
    "match": bool | None, "diverge_at": int | None, "diverge_gap": float | None, "near_tie": bool | None}``
 ``match`` (T=0 only) says whether the speculative ids equal the AR ids; at the first differing index,
 ``diverge_gap`` is the AR top-1 minus top-2 logit gap there and ``near_tie`` whether it is below
 ``decoding.near_tie_eps`` or equal to it (bf16 kernels may flip a near-tie; see method.md "Metrics").
+``accepted_ranks`` holds, per verification step, the draft's sibling ranks along the accepted path (empty when
+nothing was accepted); ``calib`` maps a depth ("1", "2", ...) to CALIB_BINS rows ``[count, sum of confidence,
+sum accepted]`` over the nodes whose parent was accepted, binned by the draft's confidence exp(logq);
+``rank_counts`` maps a depth to per-rank ``[nodes whose parent was accepted, accepted]`` (see
+vsd.decoding.engine.DraftStats).
 
 A turn too long for the target's context is not decoded (docs/eval.md, "Prompts longer than the context"):
 it needs ``prompt_tokens + decoding.max_new_tokens + verify rows <= limit`` (verify rows: 1 +
@@ -71,8 +77,23 @@ def _gen_row(res, extra: bool) -> dict[str, Any]:
             drafted=[int(x) for x in res.drafted],
             accepted=[int(x) for x in res.accepted],
             tree_depth=[int(x) for x in res.tree_depth],
+            accepted_ranks=[[int(r) for r in step] for step in res.accepted_ranks],
+            calib=_per_depth(res.calib),
+            rank_counts=_per_depth(res.rank_counts),
         )
     return row
+
+
+def _per_depth(t: torch.Tensor | None) -> dict[str, list[list[float]]]:
+    """(D, B, C) accumulator -> {"depth": [[C values] x B]} for the depths that saw any node (JSON keys are
+    strings). Counts are whole numbers; sums are rounded to 6 digits to keep rows small."""
+    if t is None:
+        return {}
+    out = {}
+    for d in range(t.shape[0]):
+        if t[d, :, 0].sum() > 0:
+            out[str(d + 1)] = [[round(float(v), 6) for v in cell] for cell in t[d]]
+    return out
 
 
 class ForwardCounter:
@@ -169,8 +190,12 @@ class EvalRunner:
         out_path: Path | None,
         assistant_model=None,
         assistant_skip_reason: str = "no same-tokenizer assistant model",
+        peer_dcfg: DecodingConfig | None = None,
     ):
+        """``peer_dcfg``: the decoding settings the HF peers follow (default ``dcfg``); under
+        ``decoding.shape=auto`` the configured ones, so the peers do not depend on our chosen tree."""
         self.target, self.drafter, self.dcfg, self.ecfg = target, drafter, dcfg, ecfg
+        self.peer_dcfg = peer_dcfg or dcfg
         self.out_path = out_path
         self.assistant_model = assistant_model
         self.assistant_skip_reason = assistant_skip_reason
@@ -196,15 +221,15 @@ class EvalRunner:
             return hf_generate(
                 self.target,
                 ids,
-                self.dcfg,
+                self.peer_dcfg,
                 seed,
-                prompt_lookup_num_tokens=self.dcfg.depth,
-                max_matching_ngram_size=self.dcfg.ngram_max,
+                prompt_lookup_num_tokens=self.peer_dcfg.depth,
+                max_matching_ngram_size=self.peer_dcfg.ngram_max,
             )
         if name == "hf_assisted":
             if self.assistant_model is None:
                 return {"skipped": self.assistant_skip_reason}
-            return hf_generate(self.target, ids, self.dcfg, seed, assistant_model=self.assistant_model)
+            return hf_generate(self.target, ids, self.peer_dcfg, seed, assistant_model=self.assistant_model)
         raise ValueError(f"eval.peers: unknown peer {name!r}")
 
     # ------------------------------------------------------------------ public

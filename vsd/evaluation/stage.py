@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from vsd.errors import UserError
+from vsd.evaluation.autoshape import resolve_shape, shape_metrics
 from vsd.evaluation.costs import cost_metrics, measure_forward_costs
 from vsd.evaluation.metrics import compute_metrics
 from vsd.evaluation.prompts import load_suite
@@ -42,20 +43,21 @@ def make_drafter(ctx) -> Any:
     return load_draft(path, ctx.target)
 
 
-def _run_reference(ctx, records: list[dict], drafter) -> dict[str, float]:
+def _run_reference(ctx, records: list[dict], drafter, dcfg, shape_info) -> dict[str, float]:
     """``eval.method=reference``: T=0 acceptance from the target's cached greedy continuations (no timing)."""
     from vsd.evaluation.reference import build_references, reference_rows
     from vsd.records import append_jsonl
 
     cfg = ctx.cfg
     refs = build_references(ctx.target, records, cfg.decoding, cfg.eval, ctx.cache_dir)
-    rows = reference_rows(drafter.head, ctx.target, refs, cfg.decoding)
+    rows = reference_rows(drafter.head_in(dcfg.draft_dtype), ctx.target, refs, dcfg)  # decoding's draft dtype
     out = Path(ctx.run_dir) / "eval.jsonl"
     out.unlink(missing_ok=True)
     for row in rows:
         append_jsonl(out, row)
     metrics = {k: v for k, v in compute_metrics(rows).items() if v == v}  # no timing: drop the NaN rates
     metrics["eval/reference"] = 1.0
+    metrics.update(shape_metrics(shape_info))
     if not any("skipped" not in r for r in rows):
         raise UserError(
             "eval: every prompt turn is too long for the context (see eval.jsonl's skipped reasons)"
@@ -69,7 +71,8 @@ def _run_reference(ctx, records: list[dict], drafter) -> dict[str, float]:
             "turns": len(rows),
             "drafter": cfg.decoding.drafter,
             "draft_dir": str(ctx.artifacts.get("draft_dir") or cfg.draft.checkpoint or ""),
-        }
+        },
+        shape=shape_info,
     )
     ctx.tracker.log(metrics)
     ctx.tracker.artifact(out, "eval-rows", "eval")
@@ -92,8 +95,10 @@ def run(ctx) -> dict[str, float]:
         raise UserError(f"eval.suite: {cfg.eval.suite} selected no prompts (check eval.categories)")
     target = ctx.target
     drafter = make_drafter(ctx)
+    # decoding.shape=auto: the tree shape for this device and draft (the peers keep the configured settings)
+    dcfg, shape_info = resolve_shape(target, drafter, cfg.decoding, cfg.paths.cache_dir)
     if cfg.eval.method == "reference":
-        return _run_reference(ctx, records, drafter)
+        return _run_reference(ctx, records, drafter, dcfg, shape_info)
     assistant, skip_reason = (None, "")
     if "hf_assisted" in cfg.eval.peers:
         assistant, skip_reason = assistant_for(ctx)
@@ -101,7 +106,7 @@ def run(ctx) -> dict[str, float]:
             print(f"[vsd] eval: peer hf_assisted skipped: {skip_reason}", flush=True)
     out = Path(ctx.run_dir) / "eval.jsonl"
     out.unlink(missing_ok=True)  # a resumed run re-evaluates: no stale rows of an earlier attempt
-    runner = EvalRunner(target, drafter, cfg.decoding, cfg.eval, out, assistant, skip_reason)
+    runner = EvalRunner(target, drafter, dcfg, cfg.eval, out, assistant, skip_reason, peer_dcfg=cfg.decoding)
     print(
         f"[vsd] eval: {len(records)} prompts ({cfg.eval.suite}, split={cfg.eval.split}), "
         f"drafter={cfg.decoding.drafter}, mode={cfg.decoding.mode}, T={cfg.decoding.temperature}",
@@ -118,8 +123,9 @@ def run(ctx) -> dict[str, float]:
             "(reasons in eval.jsonl; rule in docs/eval.md)",
             flush=True,
         )
-    costs = measure_forward_costs(target, runner.first_fitting_prompt(records), cfg.decoding)
-    metrics.update(cost_metrics(costs, decoded, cfg.decoding, metrics["eval/tau"]))
+    costs = measure_forward_costs(target, runner.first_fitting_prompt(records), dcfg)
+    metrics.update(cost_metrics(costs, decoded, dcfg, metrics["eval/tau"]))
+    metrics.update(shape_metrics(shape_info))
     ctx.record.update(
         eval_info={
             "suite": cfg.eval.suite,
@@ -130,7 +136,8 @@ def run(ctx) -> dict[str, float]:
             "drafter": cfg.decoding.drafter,
             "draft_dir": str(ctx.artifacts.get("draft_dir") or cfg.draft.checkpoint or ""),
             "peers_skipped": {"hf_assisted": skip_reason} if assistant is None and skip_reason else {},
-        }
+        },
+        shape=shape_info,
     )
     ctx.tracker.log(metrics)
     ctx.tracker.artifact(out, "eval-rows", "eval")

@@ -8,7 +8,8 @@ has hidden output g is the entry [emb(c); g] at position (last committed entry) 
 committed entry and its own ancestors (:func:`vsd.decoding.tree_attention`-style mask). Tree entries are
 dropped from the cache once the tree is built; the verified ones come back with real target features on
 ``commit``. The head itself runs through a draft runner (:mod:`vsd.models.draft_runner`): eager, or static
-shapes captured as CUDA graphs.
+shapes captured as CUDA graphs. Both build each tree level from the node pool in tensor operations and score
+children in the draft vocab (``d2t`` maps the chosen ids), so a level costs one head step plus a few small ops.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 from vsd.config.schema import DecodingConfig
 from vsd.decoding.drafter import DraftTree
-from vsd.decoding.tree import NodePool, build_dynamic_tree, max_pool_nodes, tree_budget
+from vsd.decoding.tree import grow_sampled, max_pool_nodes, tree_budget
 from vsd.models.draft import DraftHead
 from vsd.models.draft_runner import EagerDraftRunner, GraphDraftRunner
 from vsd.runtime import resolve_dtype
@@ -45,15 +46,14 @@ class EagleDrafter:
         self._runners: dict[tuple, EagerDraftRunner | GraphDraftRunner] = {}
         self.pending_feats: torch.Tensor | None = None  # (P, 3H) features not yet in the cache
         self.pending_next: list[int] = []  # the P-1 tokens that follow pending_feats[:-1]
-        self.pool = NodePool()
 
     @property
     def vocab_size(self) -> int:
         return self.head.hc.target_vocab_size
 
     def head_in(self, name: str) -> DraftHead:
-        """The head in ``decoding.draft_dtype`` (a cast copy, made once). A trained head is float32; a GPU
-        drafts in the target's bf16, where the draft step's kernels run several times faster."""
+        """The head in ``decoding.draft_dtype`` (a cast copy, made once). A trained head is float32; drafting
+        in the target's bf16 runs several times faster on a GPU and on a CPU with bf16 units."""
         if name == "target":
             dtype = self.target_dtype or self.head.fc.weight.dtype
         else:
@@ -66,12 +66,13 @@ class EagleDrafter:
         static = dcfg.capture == "static" or (dcfg.capture == "cuda_graph" and self.device.type == "cuda")
         head = self.head_in(dcfg.draft_dtype)
         dtype = head.fc.weight.dtype
+        depth, k, _ = tree_budget(dcfg)
+        store_rows = 1 + max_pool_nodes(dcfg)  # row 0: the root's hidden
         if not static:
-            key: tuple = ("eager", dtype)
+            key: tuple = ("eager", dtype, store_rows)
             if key not in self._runners:
-                self._runners[key] = EagerDraftRunner(head)
+                self._runners[key] = EagerDraftRunner(head, store_rows)
         else:
-            depth, k, _ = tree_budget(dcfg)
             key = (dcfg.capture, dcfg.max_len, depth, k, dtype)
             if key not in self._runners:
                 self._runners[key] = GraphDraftRunner(
@@ -80,7 +81,7 @@ class EagleDrafter:
                     commit_rows=depth + 1,
                     tree_rows=k,
                     depth=depth,
-                    store_rows=1 + max_pool_nodes(dcfg),  # row 0: the root's hidden
+                    store_rows=store_rows,
                     capture=dcfg.capture == "cuda_graph",
                 )
         runner = self._runners[key]
@@ -106,38 +107,13 @@ class EagleDrafter:
         assert self.pending_feats is not None, "propose before reset"
         if self.runner is None:
             self.runner = self._runner_for(dcfg)
-        run, pool = self.runner, self.pool
+        run = self.runner
         root_logp = run.commit(self.pending_feats, [*self.pending_next, root])
         self.pending_feats, self.pending_next = None, []
-        if dcfg.temperature <= 0 and isinstance(run, GraphDraftRunner):  # the whole tree on the device
+        if dcfg.temperature <= 0:  # the whole tree in tensor ops (one captured graph on CUDA)
             depth, k, total = tree_budget(dcfg)
             tree = run.grow_greedy(root_logp, depth, k, total)
-            run.drop_tree()
-            return tree
-        committed = run.length  # the last committed entry predicts the root's children
-        slot: dict[int, int] = {}  # pool index -> cache slot of its entry
-
-        def expand(idx: torch.Tensor) -> torch.Tensor:
-            nodes = idx.tolist()
-            if nodes == [-1]:
-                return root_logp
-            ancestors = []
-            for i in nodes:
-                a, anc = pool.parents[i], []
-                while a >= 0:
-                    anc.append(slot[a])
-                    a = pool.parents[a]
-                ancestors.append(anc)
-            logp, slots = run.expand(
-                parent_rows=[1 + pool.parents[i] for i in nodes],  # hidden row 0 is the root's
-                out_rows=[1 + i for i in nodes],
-                tokens=[pool.tokens[i] for i in nodes],
-                positions=[committed - 1 + pool.depths[i] for i in nodes],
-                ancestors=ancestors,
-            )
-            slot.update(zip(nodes, slots))
-            return logp
-
-        tree = build_dynamic_tree(expand, dcfg, generator, pool=pool)
+        else:
+            tree = grow_sampled(root_logp, run.expand_level, dcfg, generator, run.token_map)
         run.drop_tree()
         return tree

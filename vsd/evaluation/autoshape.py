@@ -1,0 +1,229 @@
+"""``decoding.shape=auto`` for the eval stage: measure (or load) this device's costs and the draft's acceptance,
+then pick the tree shape with the best predicted bound (the model itself: :mod:`vsd.decoding.shape`).
+
+Measurement (well under a minute on a 2-core CPU for the default draft):
+- acceptance: speculative decoding of ``decoding.shape_prompts`` first turns of the packaged **val** split
+  (disjoint from the test prompts the eval reports on; also for ``eval=file``), ``decoding.shape_max_new``
+  tokens each, with a generous tree (depth ``shape_max_depth``, top-k ``shape_max_top_k``,
+  ``shape_max_nodes`` nodes) at the configured temperature; the per (depth, rank) counts of every run are
+  summed into an :class:`~vsd.decoding.shape.AcceptanceTable`;
+- costs: :func:`vsd.evaluation.costs.measure_shape_costs` on the first of those prompts.
+
+Both are cached as JSON in ``<paths.cache_dir>/shapes/``, keyed by the device (CPU model or GPU name and the
+torch thread count), the target (name, dtype), the draft (sha256 of its weights, decoding dtype), the capture
+mode, the sampling settings and the measuring settings. ``decoding.shape_remeasure=true`` measures again. The
+choice is recomputed from the cached measurement every time (cheap), so the search limits can change freely.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vsd.config.schema import DecodingConfig, EvalConfig
+from vsd.decoding.shape import (
+    TOP_KS,
+    AcceptanceTable,
+    CostProfile,
+    Shape,
+    candidate_shapes,
+    choose_shape,
+    describe,
+)
+from vsd.evaluation.costs import VERIFY_NODES, measure_shape_costs
+
+CACHE_VERSION = 2  # bump when the engine's costs or the measurement change (stale caches are then ignored)
+
+
+def device_name(device: torch.device) -> str:
+    """The accelerator's name, or the CPU model (``/proc/cpuinfo``), for cache keys and reports."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def weights_hash(module: torch.nn.Module) -> str:
+    """sha256 of every parameter and buffer (name, dtype, shape, bytes): identifies a draft's weights."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def generous(dcfg: DecodingConfig) -> DecodingConfig:
+    """The measuring tree: the largest candidate in every direction."""
+    chain = dcfg.mode == "chain"
+    return dataclasses.replace(
+        dcfg,
+        depth=dcfg.shape_max_depth,
+        top_k=1 if chain else dcfg.shape_max_top_k,
+        total_tokens=dcfg.shape_max_depth if chain else dcfg.shape_max_nodes,
+        max_new_tokens=dcfg.shape_max_new,
+        shape="fixed",
+    )
+
+
+def cache_key(target, drafter, dcfg: DecodingConfig) -> dict[str, Any]:
+    return {
+        "version": CACHE_VERSION,
+        "device": device_name(target.device),
+        "threads": torch.get_num_threads(),
+        "target": target.name,
+        "target_dtype": str(target.dtype),
+        "draft": weights_hash(drafter.head),
+        "draft_dtype": dcfg.draft_dtype,
+        "capture": dcfg.capture,
+        "mode": dcfg.mode,
+        "temperature": dcfg.temperature,
+        "top_p": dcfg.top_p,
+        "target_top_k": dcfg.target_top_k,
+        "max_depth": dcfg.shape_max_depth,
+        "max_top_k": dcfg.shape_max_top_k,
+        "max_nodes": dcfg.shape_max_nodes,
+        "prompts": dcfg.shape_prompts,
+        "max_new": dcfg.shape_max_new,
+    }
+
+
+def measure_prompts(target, n: int) -> list[list[int]]:
+    """Chat-template ids of the first turns of ``n`` packaged val prompts, spread over the categories."""
+    from vsd.evaluation.prompts import load_suite
+
+    ecfg = EvalConfig(suite="specbench_style", split="val", per_category=max(1, math.ceil(n / 5)))
+    records = load_suite(ecfg)
+    # round-robin over categories, so a small n still sees every kind of text
+    by_cat: dict[str, list[dict]] = {}
+    for r in records:
+        by_cat.setdefault(r["category"], []).append(r)
+    order = [r for group in zip(*by_cat.values(), strict=False) for r in group]
+    order += [r for r in records if r not in order]
+    return [target.chat_ids([{"role": "user", "content": r["turns"][0]}]) for r in order[:n]]
+
+
+@torch.no_grad()
+def measure(target, drafter, dcfg: DecodingConfig, seed: int = 0) -> tuple[AcceptanceTable, CostProfile]:
+    """Acceptance on val prompts with the measuring tree, and this device's costs (see the module docstring)."""
+    from vsd.decoding.engine import generate_spec
+
+    gcfg = generous(dcfg)
+    prompts = measure_prompts(target, dcfg.shape_prompts)
+    parts = []
+    for i, ids in enumerate(prompts):
+        g = torch.Generator(device=target.device).manual_seed(seed + i)
+        parts.append(generate_spec(target, drafter, ids, gcfg, generator=g).rank_counts)
+    table = AcceptanceTable.from_counts(parts)
+    ks = [1] if dcfg.mode == "chain" else [k for k in TOP_KS if k <= dcfg.shape_max_top_k]
+    nodes = sorted({n for n in VERIFY_NODES if n <= dcfg.shape_max_nodes} | {dcfg.shape_max_nodes})
+    costs = measure_shape_costs(target, drafter, prompts[0], dcfg, dcfg.shape_max_depth, ks, nodes)
+    return table, costs
+
+
+def cache_path(target, drafter, dcfg: DecodingConfig, cache_dir: str | Path | None) -> Path | None:
+    """Where the measurement for this device, target, draft and settings is cached (None: no cache dir)."""
+    if not cache_dir:
+        return None
+    digest = hashlib.sha256(json.dumps(cache_key(target, drafter, dcfg), sort_keys=True).encode()).hexdigest()
+    return Path(cache_dir).expanduser() / "shapes" / f"{digest[:16]}.json"
+
+
+def load_or_measure(
+    target, drafter, dcfg: DecodingConfig, cache_dir: str | Path | None, log=print
+) -> tuple[AcceptanceTable, CostProfile, float, Path | None]:
+    """The cached measurement, or a new one (then cached): (acceptance, costs, seconds it took, cache file)."""
+    path = cache_path(target, drafter, dcfg, cache_dir)
+    if path is not None and path.exists() and not dcfg.shape_remeasure:
+        try:
+            data = json.loads(path.read_text())
+            table = AcceptanceTable.from_json(data["acceptance"])
+            return table, CostProfile.from_json(data["costs"]), float(data["measure_s"]), path
+        except (ValueError, KeyError, TypeError):
+            log(f"[vsd] decoding.shape=auto: unreadable cache {path}; measuring again")
+    log("[vsd] decoding.shape=auto: measuring costs and acceptance on val prompts ...")
+    t0 = time.perf_counter()
+    table, costs = measure(target, drafter, dcfg)
+    seconds = time.perf_counter() - t0
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        record = {
+            "key": cache_key(target, drafter, dcfg),
+            "acceptance": table.to_json(),
+            "costs": costs.to_json(),
+            "measure_s": seconds,
+        }
+        tmp.write_text(json.dumps(record))
+        tmp.replace(path)
+    return table, costs, seconds, path
+
+
+def auto_candidates(dcfg: DecodingConfig) -> list[Shape]:
+    return candidate_shapes(
+        dcfg.shape_max_depth, dcfg.shape_max_top_k, dcfg.shape_max_nodes, chain_only=dcfg.mode == "chain"
+    )
+
+
+def resolve_shape(
+    target, drafter, dcfg: DecodingConfig, cache_dir: str | Path | None, log=print
+) -> tuple[DecodingConfig, dict[str, Any]]:
+    """``decoding.shape=fixed``: (dcfg, info on the configured shape). ``auto``: (dcfg with the chosen depth,
+    top_k and total_tokens, info with the predicted tau and bound and the measurement). ``info`` is what
+    run.json records under ``shape``."""
+    fixed = {"mode": "fixed", "depth": dcfg.depth, "top_k": dcfg.top_k, "nodes": dcfg.total_tokens}
+    if dcfg.shape == "fixed":
+        return dcfg, fixed
+    if getattr(drafter, "head", None) is None:
+        log(f"[vsd] decoding.shape=auto needs a model drafter; {dcfg.drafter} keeps the configured shape")
+        return dcfg, {**fixed, "auto_skipped": f"drafter {dcfg.drafter} has no draft model"}
+    table, costs, seconds, path = load_or_measure(target, drafter, dcfg, cache_dir, log)
+    best, _ = choose_shape(table, costs, dcfg.temperature, auto_candidates(dcfg))
+    log(f"[vsd] decoding.shape=auto: {describe(best)} (measured in {seconds:.0f} s; cache {path})")
+    info = {
+        "mode": "auto",
+        "depth": best.depth,
+        "top_k": best.top_k,
+        "nodes": best.total,
+        "pred_tau": best.pred_tau,
+        "pred_bound": best.pred_bound,
+        "pred_cost": best.cost,
+        "measure_s": seconds,
+        "cache": str(path) if path else None,
+        "key": cache_key(target, drafter, dcfg),
+    }
+    return apply_shape(dcfg, best), info
+
+
+def apply_shape(dcfg: DecodingConfig, shape: Shape) -> DecodingConfig:
+    if dcfg.mode == "chain":
+        return dataclasses.replace(dcfg, depth=shape.depth, total_tokens=shape.depth)
+    return dataclasses.replace(dcfg, depth=shape.depth, top_k=shape.top_k, total_tokens=shape.total)
+
+
+def shape_metrics(info: dict[str, Any]) -> dict[str, float]:
+    """``eval/shape_depth``, ``eval/shape_top_k``, ``eval/shape_nodes`` and, for ``auto``,
+    ``eval/shape_pred_tau`` and ``eval/shape_pred_bound``."""
+    out = {
+        "eval/shape_depth": float(info["depth"]),
+        "eval/shape_top_k": float(info["top_k"]),
+        "eval/shape_nodes": float(info["nodes"]),
+    }
+    if info.get("mode") == "auto":
+        out["eval/shape_pred_tau"] = float(info["pred_tau"])
+        out["eval/shape_pred_bound"] = float(info["pred_bound"])
+    return out
