@@ -152,20 +152,43 @@ def execute(dcfg: DictConfig, run_dir: Path | None = None, log: RunLog | None = 
         record.close()
 
 
+# The end-of-run table: what a run says about the draft (every metric is in metrics.json and W&B).
+HEADLINE = (
+    ("eval/tau", "τ: tokens per target forward", "{:.3f}"),
+    ("eval/speedup", "speedup over plain AR (same prompts, same process)", "{:.2f}×"),
+    ("eval/peer/hf_prompt_lookup/speedup", "HF prompt lookup's speedup (the peer)", "{:.2f}×"),
+    ("eval/speedup_bound", "bound τ / (c_verify + Σ c_draft)", "{:.2f}×"),
+    ("eval/lossless_match", "T=0 outputs equal to plain AR (fraction of turns)", "{:.2f}"),
+    ("eval/accepted_not_top1", "steps whose accepted path leaves the draft's top-1", "{:.2f}"),
+    ("eval/tokens_per_s", "tokens/s (speculative)", "{:.1f}"),
+    ("eval/ar_tokens_per_s", "tokens/s (plain AR)", "{:.1f}"),
+    ("heldout/sim_tau", "held-out simulated τ after training", "{:.3f}"),
+    ("heldout/vsd/novel_frac", "VSD: kept E-step tokens the data lacks (held-out)", "{:.3f}"),
+    ("eval/num_turns", "eval prompt turns", "{:.0f}"),
+)
+
+
 def print_summary(metrics: dict[str, Any], record: RunRecord) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title=f"vsd run {record.dir}", show_lines=False)
-    t.add_column("metric")
+    t.add_column("")
     t.add_column("value", justify="right")
-    for k in sorted(metrics):
-        v = metrics[k]
-        if isinstance(v, (int, float)) and "/" in k and k.count("/") <= 2:
-            t.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    if "eval/shape_depth" in metrics:
+        shape = record.data.get("shape") or {}
+        how = f" ({shape['mode']})" if shape.get("mode") else ""
+        dims = (metrics["eval/shape_depth"], metrics["eval/shape_top_k"], metrics["eval/shape_nodes"])
+        t.add_row("tree shape: depth × top-k × nodes", "×".join(f"{d:.0f}" for d in dims) + how)
+    for key, label, fmt in HEADLINE:
+        v = metrics.get(key)
+        if isinstance(v, (int, float)) and v == v:
+            t.add_row(f"{label}  {escape('[' + key + ']')}", fmt.format(v))
     for name, s in record.data["stages"].items():
-        t.add_row(f"time/{name} (s)", f"{s['seconds']:.1f}")
-    Console(width=100).print(t)
+        t.add_row(f"time: {name} (s)", f"{s['seconds']:.1f}")
+    Console(width=110).print(t)
+    print(f"[vsd] every metric: {record.dir / 'metrics.json'}", flush=True)
 
 
 def _log_path() -> Path:
