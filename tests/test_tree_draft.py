@@ -131,3 +131,45 @@ def test_reference_steps_equal_the_engines_steps(setup, trained, mode):
         assert run["target_forwards"] == sp.target_forwards and run["new_tokens"] == len(sp.tokens)
         total_acc += sum(sp.accepted)
     assert total_acc > 10  # the comparison covered real acceptances, not only empty steps
+
+
+def test_add_branch_shares_nodes_and_hangs_the_rest():
+    from vsd.decoding.drafter import DraftTree
+    from vsd.decoding.lookup_branch import add_branch
+
+    # root -> 5 (0) -> 7 (2); root -> 6 (1)
+    tree = DraftTree(
+        torch.tensor([5, 6, 7]),
+        torch.tensor([-1, -1, 0]),
+        ranks=torch.tensor([0, 1, 0]),
+        logq=torch.tensor([-0.1, -2.0, -0.3]),
+    )
+    assert add_branch(tree, [], 8) is tree and add_branch(tree, [5, 7], 8) is tree  # nothing new
+    t = add_branch(tree, [5, 7, 9, 4], 8)  # shares 5 -> 7, then 9 -> 4 below node 2
+    assert t.tokens.tolist() == [5, 6, 7, 9, 4] and t.parents.tolist() == [-1, -1, 0, 2, 3]
+    assert t.depths.tolist() == [1, 1, 2, 3, 4] and t.ranks.tolist() == [0, 1, 0, 8, 8]
+    assert t.logq.tolist()[3:] == [0.0, 0.0] and t.ancestors[4].tolist() == [True, False, True, True, True]
+    t = add_branch(tree, [3, 5], 8)  # nothing shared: a new child of the root
+    assert t.parents.tolist() == [-1, -1, 0, -1, 3] and t.depths.tolist()[3:] == [1, 2]
+
+
+@pytest.mark.parametrize("mode", ["tree", "chain"])
+def test_lookup_branch_is_lossless_and_the_reference_takes_its_steps(setup, trained, mode):
+    """decoding.ngram_branch: decoding with prompt lookup's branch equals AR (fp32), and eval.method=reference
+    reproduces its steps."""
+    from vsd.decoding.engine import generate_ar, generate_spec
+    from vsd.decoding.lookup_branch import LookupBranchDrafter
+    from vsd.evaluation.reference import reference_steps
+
+    cfg, target, _, _, _ = setup
+    head, prompts = trained
+    dcfg = dataclasses.replace(cfg.decoding, mode=mode, max_new_tokens=40, ngram_branch=6)
+    for prompt in prompts[3:6]:
+        ar = generate_ar(target, prompt, dcfg)
+        sp = generate_spec(target, LookupBranchDrafter(EagleDrafter(head), target.vocab_size), prompt, dcfg)
+        assert sp.tokens == ar.tokens
+        run = reference_steps(head, target, {"prompt_ids": prompt, "new_ids": ar.tokens}, dcfg, chunk=9)
+        assert run["target_forwards"] == sp.target_forwards
+        assert run["accepted"][:-1] == sp.accepted[:-1]
+        assert run["tree_depth"][:-1] == sp.tree_depth[:-1] and run["drafted"][:-1] == sp.drafted[:-1]
+        assert [len(r) for r in run["accepted_ranks"]] == run["accepted"]

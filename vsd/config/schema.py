@@ -213,6 +213,7 @@ class DecodingConfig:
     max_new_tokens: int = 128
     ngram_max: int = 3  # prompt-lookup drafter: longest n-gram matched
     ngram_min: int = 1
+    ngram_branch: int = 0  # eagle3 at T=0: add prompt lookup's continuation (<= this many tokens) to the tree
     capture: str = "none"  # none | cuda_graph (GPU; eager fallback without CUDA) | static (graph path, eager)
     max_len: int = 4096  # static KV slots per generation (capture != none): prompt + new tokens + one tree
     # the draft head's dtype while decoding: target (the target's: bf16 for real targets) | float32 | bfloat16 |
@@ -252,6 +253,7 @@ class DecodingConfig:
         _unit("decoding.top_p", self.top_p, open_low=True)
         _positive("decoding.target_top_k", self.target_top_k, allow_zero=True)
         _positive("decoding.max_new_tokens", self.max_new_tokens)
+        _positive("decoding.ngram_branch", self.ngram_branch, allow_zero=True)
         if not 1 <= self.ngram_min <= self.ngram_max:
             raise ConfigError("decoding.ngram_min", "needs 1 <= ngram_min <= ngram_max")
 

@@ -160,7 +160,8 @@ def _static_rows(drafter_or_none, dcfg: DecodingConfig) -> int:
     """Rows per verification step for static (graph) runners: the largest tree the drafter may return."""
     if drafter_or_none is None:
         return 1
-    return 1 + (dcfg.total_tokens if dcfg.mode == "tree" else dcfg.depth)
+    branch = dcfg.ngram_branch if dcfg.drafter == "eagle3" else 0  # vsd.decoding.lookup_branch
+    return 1 + (dcfg.total_tokens if dcfg.mode == "tree" else dcfg.depth) + branch
 
 
 @torch.no_grad()

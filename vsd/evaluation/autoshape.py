@@ -191,6 +191,7 @@ def resolve_shape(
     if getattr(drafter, "head", None) is None:
         log(f"[vsd] decoding.shape=auto needs a model drafter; {dcfg.drafter} keeps the configured shape")
         return dcfg, {**fixed, "auto_skipped": f"drafter {dcfg.drafter} has no draft model"}
+    drafter = getattr(drafter, "inner", drafter)  # measure the model's own trees, without a lookup branch
     table, costs, seconds, path = load_or_measure(target, drafter, dcfg, cache_dir, log)
     best, _ = choose_shape(table, costs, dcfg.temperature, auto_candidates(dcfg))
     log(f"[vsd] decoding.shape=auto: {describe(best)} (measured in {seconds:.0f} s; cache {path})")

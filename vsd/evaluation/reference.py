@@ -25,6 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from filelock import FileLock
 
@@ -122,8 +123,6 @@ def reference_steps(
     run of eval.jsonl (``new_tokens``, ``target_forwards``, ``accepted``, ``drafted``, ``tree_depth``,
     ``accepted_ranks``, ``calib``: per depth, CALIB_BINS cells [count, sum of draft confidence, accepted] over
     the nodes whose parent was accepted)."""
-    import numpy as np
-
     from vsd.decoding.tree import tree_budget
 
     depth, k, total = tree_budget(dcfg)
@@ -151,7 +150,8 @@ def reference_steps(
     seq = ids[0]
     dd = torch.arange(1, depth + 1, device=dev)
     parts: dict[str, list] = {
-        k_: [] for k_ in ("n", "rank", "tdepth", "size", "tested", "dep", "conf", "acc")
+        k_: []
+        for k_ in ("n", "rank", "tdepth", "size", "tested", "dep", "conf", "acc", "tok", "par", "rank_of")
     }
     for s in range(0, anchors.numel(), chunk):
         a = anchors[s : s + chunk][None]
@@ -169,7 +169,12 @@ def reference_steps(
         parts["dep"].append(deps)
         parts["conf"].append(trees.logq[0].exp())
         parts["acc"].append(acc)
+        parts["tok"].append(head.d2t[trees.tokens[0]])
+        parts["par"].append(pars)
+        parts["rank_of"].append(trees.ranks[0])
     x = {k_: torch.cat(v).cpu().numpy() for k_, v in parts.items()}  # one copy to the host per turn
+    if dcfg.ngram_branch > 0:  # decoding.ngram_branch: prompt lookup's continuation as one more branch
+        _add_lookup_branch(x, prompt, new, dcfg, k)
     visited, made, i = [], 1, 0  # anchor index relative to P; tokens emitted so far (the prefill's)
     while made < N:
         visited.append(i)
@@ -193,6 +198,41 @@ def reference_steps(
         np.add.at(cells[:, 2], bins[sel], acc[sel].astype(float))
         run["calib"][str(int(d))] = [[int(c), float(sc), int(sa)] for c, sc, sa in cells]
     return run
+
+
+def _add_lookup_branch(x: dict, prompt: list[int], new: list[int], dcfg: DecodingConfig, rank: int) -> None:
+    """Per anchor, what vsd.decoding.lookup_branch adds to the tree (in place on the per-anchor arrays ``x``):
+    the lookup's continuation shares the tree's nodes along its path and hangs the rest below; the step accepts
+    the longer of the two matches, and verifies the new nodes too. (Calibration keeps the model's nodes only.)"""
+    from vsd.decoding.ngram import NgramDrafter
+
+    look, seq = NgramDrafter(0), prompt + new
+    P = len(prompt)
+    pad = np.full((x["rank"].shape[0], dcfg.ngram_branch), -1, dtype=x["rank"].dtype)
+    x["rank"] = np.concatenate([x["rank"], pad], axis=1)  # a lookup path can be longer than the tree
+    for j in range(len(new) - 1):
+        chain = look.lookup(seq[: P + j + 1], dcfg.ngram_max, dcfg.ngram_min, dcfg.ngram_branch)
+        if not chain:
+            continue
+        toks, pars = x["tok"][j], x["par"][j]
+        cur, shared, path_ranks = -1, 0, []
+        while shared < len(chain):
+            hit = np.nonzero((pars == cur) & (toks == chain[shared]))[0]
+            if not len(hit):
+                break
+            cur = int(hit[0])
+            path_ranks.append(int(x["rank_of"][j][cur]) if "rank_of" in x else 0)
+            shared += 1
+        x["size"][j] += len(chain) - shared
+        x["tdepth"][j] = max(int(x["tdepth"][j]), len(chain)) if shared < len(chain) else x["tdepth"][j]
+        matched = 0
+        while matched < len(chain) and j + 1 + matched < len(new) and chain[matched] == new[j + 1 + matched]:
+            matched += 1
+        if matched > x["n"][j]:  # the lookup path is accepted further than any model path
+            x["n"][j] = matched
+            ranks = path_ranks[:matched] + [rank] * max(0, matched - shared)
+            x["rank"][j][:] = -1
+            x["rank"][j][: len(ranks)] = ranks
 
 
 def reference_rows(

@@ -40,7 +40,12 @@ def make_drafter(ctx) -> Any:
     )
     if not path.is_dir():
         raise UserError(f"draft.checkpoint: draft directory {where} does not exist")
-    return load_draft(path, ctx.target)
+    drafter = load_draft(path, ctx.target)
+    if cfg.decoding.ngram_branch > 0:  # prompt lookup's continuation as one more branch of each T=0 tree
+        from vsd.decoding.lookup_branch import LookupBranchDrafter
+
+        drafter = LookupBranchDrafter(drafter, ctx.target.vocab_size)
+    return drafter
 
 
 def _run_reference(ctx, records: list[dict], drafter, dcfg, shape_info) -> dict[str, float]:
