@@ -7,9 +7,10 @@ lookup and our speculative decoding at a few fixed shapes and at the shape ``dec
 (its measurement is cached, see docs/eval.md), every method on the same prompt ids, interleaved per prompt in
 one process after warm-up (order rotated per prompt). Metrics come from the eval's own functions
 (``compute_metrics``, ``cost_metrics``): bound = tau / (c_verify + depth * c_draft), efficiency = speedup /
-bound. "pred" columns are the auto model's predictions for the shape (vsd/decoding/shape.py).
+bound. "pred" columns are the auto model's predictions for the shape (vsd/decoding/shape.py). A shape ``+B``
+adds prompt lookup's continuation as a branch of up to B tokens (decoding.ngram_branch; no prediction).
 
-    .venv/bin/python benchmarks/decode_shapes.py --draft DIR [--shapes 5x8x32,4x2x6] [--per-category 2]
+    .venv/bin/python benchmarks/decode_shapes.py --draft DIR [--shapes 5x8x32,4x2x6+4] [--per-category 2]
         [--file writingbench|PATH.jsonl] [--file-prompts 10] [--max-new 128] [--temperature 0] [--threads 1]
 """
 
@@ -33,6 +34,7 @@ from benchmarks.doc_sections import write_section  # noqa: E402
 from vsd.config import compose  # noqa: E402
 from vsd.config.schema import EvalConfig  # noqa: E402
 from vsd.decoding.engine import generate_ar, generate_spec  # noqa: E402
+from vsd.decoding.lookup_branch import LookupBranchDrafter  # noqa: E402
 from vsd.decoding.shape import choose_shape, predict_tau  # noqa: E402
 from vsd.evaluation.autoshape import (  # noqa: E402
     apply_shape,
@@ -64,11 +66,13 @@ def writingbench_file(n: int, out_dir: Path) -> Path:
     return path
 
 
-def parse_shapes(text: str) -> list[tuple[int, int, int]]:
+def parse_shapes(text: str) -> list[tuple[int, int, int, int]]:
+    """``DxKxN`` or ``DxKxN+B`` (B: decoding.ngram_branch, prompt lookup's branch of up to B tokens)."""
     out = []
     for part in text.split(","):
-        d, k, n = (int(x) for x in part.lower().split("x"))
-        out.append((d, k, n))
+        tree, _, branch = part.lower().partition("+")
+        d, k, n = (int(x) for x in tree.split("x"))
+        out.append((d, k, n, int(branch or 0)))
     return out
 
 
@@ -92,7 +96,9 @@ def run_set(name, target, drafter, records, dcfgs, peer_dcfg, pred, warmup: bool
                 max_matching_ngram_size=peer_dcfg.ngram_max,
             )
         else:
-            r = generate_spec(target, drafter, x, dcfgs[m], generator=g)
+            d = dcfgs[m]
+            use = LookupBranchDrafter(drafter, target.vocab_size) if d.ngram_branch else drafter
+            r = generate_spec(target, use, x, d, generator=g)
         row = {"new_tokens": len(r.tokens), "target_forwards": r.target_forwards, "wall_s": r.wall_s}
         row["ids"] = list(r.tokens)
         if m == "ar":
@@ -174,6 +180,7 @@ def main() -> None:
     ap.add_argument("--draft", required=True)
     ap.add_argument("--shapes", default=DEFAULT_SHAPES, help="depth x top-k x nodes, comma-separated")
     ap.add_argument("--no-auto", action="store_true", help="skip the shape decoding.shape=auto picks")
+    ap.add_argument("--auto-branch", type=int, default=0, help="also the auto shape + a lookup branch of N")
     ap.add_argument("--per-category", type=int, default=2, help="default suite: prompts per category")
     ap.add_argument("--file", default="writingbench", help="user prompt file (eval=file), or 'writingbench'")
     ap.add_argument("--file-prompts", type=int, default=10)
@@ -191,21 +198,32 @@ def main() -> None:
     target = load_target(cfg.model, cfg.paths.cache_dir, "cpu", cfg.dtype)
     drafter = load_draft(args.draft, target)
     base = dataclasses.replace(cfg.decoding, max_new_tokens=args.max_new, shape="fixed")
+    base = dataclasses.replace(base, ngram_branch=0)
     dcfgs = {
-        f"{d}x{k}x{n}": dataclasses.replace(base, mode="tree", depth=d, top_k=k, total_tokens=n)
-        for d, k, n in parse_shapes(args.shapes)
+        f"{d}x{k}x{n}" + (f"+{b}" if b else ""): dataclasses.replace(
+            base, mode="tree", depth=d, top_k=k, total_tokens=n, ngram_branch=b
+        )
+        for d, k, n, b in parse_shapes(args.shapes)
     }
     auto_cfg = dataclasses.replace(base, shape="auto")
     table, costs, seconds, path = load_or_measure(target, drafter, auto_cfg, cfg.paths.cache_dir)
     best, _ = choose_shape(table, costs, args.temperature, auto_candidates(auto_cfg))
     pred = {}
     for label, d in dcfgs.items():
+        if d.ngram_branch:  # the model predicts the tree alone
+            pred[label] = (float("nan"), float("nan"))
+            continue
         tau = predict_tau(table, d.depth, d.top_k, d.total_tokens, args.temperature)
         pred[label] = (tau, tau / (costs.verify(d.total_tokens) + costs.draft(d.depth, d.top_k)))
     if not args.no_auto:
         label = f"auto: {best.depth}x{best.top_k}x{best.total}"
         dcfgs[label] = apply_shape(base, best)
         pred[label] = (best.pred_tau, best.pred_bound)
+        if args.auto_branch:
+            dcfgs[f"{label}+{args.auto_branch}"] = dataclasses.replace(
+                dcfgs[label], ngram_branch=args.auto_branch
+            )
+            pred[f"{label}+{args.auto_branch}"] = (float("nan"), float("nan"))
     suite = load_suite(EvalConfig(suite="specbench_style", split="test", per_category=args.per_category))
     out = run_set(
         "default eval prompts (specbench_style, test split)", target, drafter, suite, dcfgs, base, pred
