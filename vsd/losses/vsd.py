@@ -147,7 +147,6 @@ class VSDLoss(Eagle3Loss):
         self.target = target
         self.seed, self.rank = seed, rank
         self.d2t = vocab["d2t"].to(target.device)
-        self.t2d = vocab["t2d"].to(target.device) if "t2d" in vocab else None
         self.lm_head = target.model.get_output_embeddings()
         self.gens = Generators(stream_seed(seed, rank, "estep"))
         self._labels_for: torch.Tensor | None = None
