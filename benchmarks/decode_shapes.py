@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.doc_sections import write_section  # noqa: E402
 from vsd.config import compose  # noqa: E402
 from vsd.config.schema import EvalConfig  # noqa: E402
+from vsd.decoding.eagle import load_draft  # noqa: E402
 from vsd.decoding.engine import generate_ar, generate_spec  # noqa: E402
 from vsd.decoding.shape import choose_shape, predict_tau  # noqa: E402
 from vsd.evaluation.autoshape import (  # noqa: E402
@@ -44,7 +45,6 @@ from vsd.evaluation.costs import cost_metrics, measure_forward_costs  # noqa: E4
 from vsd.evaluation.metrics import compute_metrics  # noqa: E402
 from vsd.evaluation.prompts import load_suite, package_file  # noqa: E402
 from vsd.evaluation.runner import hf_generate  # noqa: E402
-from vsd.models.draft import load_draft  # noqa: E402
 from vsd.models.target import load_target  # noqa: E402
 
 DEFAULT_SHAPES = "5x8x32,5x4x12,4x2x6,5x1x5"

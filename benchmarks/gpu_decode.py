@@ -109,7 +109,7 @@ def main() -> None:
     ]
     drafter_eagle = None
     if args.draft:
-        from vsd.models.draft import load_draft
+        from vsd.decoding.eagle import load_draft
 
         drafter_eagle = load_draft(args.draft, target)
         methods += [

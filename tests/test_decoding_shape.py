@@ -11,6 +11,7 @@ import torch
 
 from tests.decoding_helpers import one_thread
 from vsd.config import compose
+from vsd.decoding.eagle import EagleDrafter
 from vsd.decoding.shape import (
     AcceptanceTable,
     CostProfile,
@@ -22,7 +23,6 @@ from vsd.decoding.shape import (
 from vsd.decoding.tree import static_template
 from vsd.evaluation import autoshape
 from vsd.models.draft import build_head, vocab_from_counts
-from vsd.models.drafter_eagle import EagleDrafter
 from vsd.models.target import load_target
 
 

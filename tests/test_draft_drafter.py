@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from vsd.config import compose
+from vsd.decoding.eagle import EagleDrafter, load_draft
 from vsd.decoding.engine import generate_ar, generate_spec
-from vsd.models.draft import build_head, load_draft, vocab_from_counts
-from vsd.models.drafter_eagle import EagleDrafter
+from vsd.models.draft import build_head, vocab_from_counts
 from vsd.models.target import load_target
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from vsd.config import compose
+from vsd.decoding.eagle import EagleDrafter
 from vsd.models.draft import build_head, vocab_from_counts
-from vsd.models.drafter_eagle import EagleDrafter
 from vsd.models.target import load_target
 from vsd.models.tree_draft import accepted_by_reference, grow_anchor_trees
 

@@ -31,7 +31,8 @@ def make_drafter(ctx) -> Any:
             "draft.checkpoint: decoding.drafter=eagle3 needs a trained draft (run the train stage or set "
             "draft.checkpoint=DIR), or use decoding=ngram"
         )
-    from vsd.models.draft import load_draft, resolve_draft_dir  # only this drafter needs the model code
+    from vsd.decoding.eagle import load_draft  # only this drafter needs the model code
+    from vsd.models.draft import resolve_draft_dir
 
     path = (
         Path(where)

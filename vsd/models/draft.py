@@ -560,10 +560,3 @@ def resolve_draft_dir(value: str, model_cfg, key: str) -> Path:
             f"{key}: the shipped draft {d} is missing (restore it: git checkout -- vsd/drafts/{base})"
         )
     return d
-
-
-def load_draft(path: str | Path, target, device: str | torch.device | None = None):
-    """A saved draft dir -> an EagleDrafter (vsd.decoding Drafter protocol) on ``device`` (target's default)."""
-    from vsd.models.drafter_eagle import EagleDrafter
-
-    return EagleDrafter(DraftHead.load(path, target, device=device or target.device), target.dtype)
