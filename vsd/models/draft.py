@@ -33,6 +33,15 @@ CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.safetensors"
 
 
+def shift_left(x: torch.Tensor, n: int) -> torch.Tensor:
+    """x (B, T, ...) -> y with y[:, t] = x[:, t + n], zero/False past the end: the head's input alignment
+    (step k at position t reads token x_{t+k+1}: ``shift_left(input_ids, k + 1)``)."""
+    if n == 0:
+        return x
+    pad = torch.zeros_like(x[:, :n])
+    return torch.cat([x[:, n:], pad], dim=1)
+
+
 @dataclass
 class HeadConfig:
     """Geometry of the draft head (derived from the target config and ``model.draft``)."""
