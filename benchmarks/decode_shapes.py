@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.doc_sections import write_section  # noqa: E402
 from vsd.config import compose  # noqa: E402
 from vsd.config.schema import EvalConfig  # noqa: E402
+from vsd.data.eval_prompts import load_suite, package_file  # noqa: E402
 from vsd.decoding.eagle import load_draft  # noqa: E402
 from vsd.decoding.engine import generate_ar, generate_spec  # noqa: E402
 from vsd.decoding.shape import choose_shape, predict_tau  # noqa: E402
@@ -43,7 +44,6 @@ from vsd.evaluation.autoshape import (  # noqa: E402
 )
 from vsd.evaluation.costs import cost_metrics, measure_forward_costs  # noqa: E402
 from vsd.evaluation.metrics import compute_metrics  # noqa: E402
-from vsd.evaluation.prompts import load_suite, package_file  # noqa: E402
 from vsd.evaluation.runner import hf_generate  # noqa: E402
 from vsd.models.target import load_target  # noqa: E402
 
@@ -215,7 +215,7 @@ def main() -> None:
             path_f = (
                 writingbench_file(args.file_prompts, Path(tmp)) if args.file == "writingbench" else args.file
             )
-            from vsd.evaluation.prompts import load_prompt_file
+            from vsd.data.eval_prompts import load_prompt_file
 
             recs = load_prompt_file(path_f)[: args.file_prompts]
             name = f"user prompt file ({'WritingBench, English' if args.file == 'writingbench' else path_f})"

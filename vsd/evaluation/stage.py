@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vsd.data.eval_prompts import load_suite
 from vsd.errors import UserError
 from vsd.evaluation.autoshape import resolve_shape, shape_metrics
 from vsd.evaluation.costs import cost_metrics, measure_forward_costs
 from vsd.evaluation.metrics import compute_metrics
-from vsd.evaluation.prompts import load_suite
 from vsd.evaluation.runner import EvalRunner
 
 
