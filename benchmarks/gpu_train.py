@@ -38,8 +38,9 @@ def main() -> None:
     from vsd.losses import build_loss
     from vsd.models.draft import build_head, vocab_from_counts
     from vsd.models.target import Target
+    from vsd.runtime import init_distributed, local_device
     from vsd.train.toy_data import target_item, token_counts
-    from vsd.train.trainer import Trainer, init_distributed, local_device
+    from vsd.train.trainer import Trainer
 
     info = init_distributed("cuda")
     device = local_device("cuda", info)

@@ -33,8 +33,9 @@ def _train(rank: int, world: int, port: int, out: str) -> None:
     from vsd.losses.eagle3 import finalize_logs
     from vsd.models.draft import build_head, vocab_from_counts
     from vsd.models.target import load_target
+    from vsd.runtime import init_distributed
     from vsd.train.toy_data import collate_items, make_toy_items, token_counts
-    from vsd.train.trainer import Trainer, init_distributed
+    from vsd.train.trainer import Trainer
 
     _, cfg = compose(["model=tiny_random", "train=tiny", "loss.ttt_steps=2"])[0]
     target = load_target(cfg.model, out, "cpu", "float32")
@@ -91,7 +92,7 @@ def test_slurm_step_variables_become_torch_env(monkeypatch):
     """Task 1 of a submitit Slurm job of 2 tasks exports torch's env:// variables from its Slurm variables;
     outside submitit (an ``salloc -n 4`` shell: SLURM_NTASKS=4, one process) nothing is exported, so a run
     there never waits for peers."""
-    from vsd.train import trainer
+    from vsd import runtime
 
     keys = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     for key in (*keys, "SUBMITIT_EXECUTOR"):
@@ -102,11 +103,11 @@ def test_slurm_step_variables_become_torch_env(monkeypatch):
     slurm = {"SLURM_JOB_ID": "17", "SLURM_NTASKS": "4", "SLURM_JOB_NUM_NODES": "1", "SLURM_NODEID": "0"}
     for k, v in {**slurm, "SLURM_JOB_NODELIST": "node7", "SLURM_PROCID": "1", "SLURM_LOCALID": "1"}.items():
         monkeypatch.setenv(k, v)
-    trainer._torch_env_from_job()  # the allocation shell
+    runtime._torch_env_from_job()  # the allocation shell
     assert not any(k in os.environ for k in keys)
 
     monkeypatch.setenv("SLURM_NTASKS", "2")
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")  # task 1 of a submitit job of 2 tasks
-    trainer._torch_env_from_job()
+    runtime._torch_env_from_job()
     got = {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
     assert got == {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "node7"}
