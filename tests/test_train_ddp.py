@@ -37,7 +37,7 @@ def _train(rank: int, world: int, port: int, out: str) -> None:
     from vsd.train.toy_data import collate_items, make_toy_items, token_counts
     from vsd.train.trainer import Trainer
 
-    _, cfg = compose(["model=tiny_random", "train=tiny", "loss.ttt_steps=2"])[0]
+    _, cfg = compose(["model=tiny_random", "train=tiny", "loss=eagle3", "loss.ttt_steps=2"])[0]
     target = load_target(cfg.model, out, "cpu", "float32")
     items = make_toy_items(target, 10, new_tokens=12, greedy=False, seed=0)
     vocab = vocab_from_counts(token_counts(items, target.vocab_size), 128)
