@@ -10,10 +10,11 @@ import torch
 
 from tests.decoding_helpers import one_thread
 from vsd.config import compose
+from vsd.data.vocab import build_vocab
 from vsd.decoding.draft_runner import EagerDraftRunner, GraphDraftRunner
 from vsd.decoding.eagle import EagleDrafter
 from vsd.decoding.engine import generate_ar, generate_spec
-from vsd.models.draft import build_head, vocab_from_counts
+from vsd.models.draft import build_head
 from vsd.models.target import load_target
 
 
@@ -21,9 +22,7 @@ from vsd.models.target import load_target
 def setup():
     _, cfg = compose(["model=tiny_random", "decoding=tree"])[0]
     target = load_target(cfg.model, cfg.paths.cache_dir, "cpu", "float32")
-    head = build_head(
-        target, cfg.model.draft, vocab_from_counts(torch.ones(target.vocab_size), 200)["d2t"], seed=0
-    )
+    head = build_head(target, cfg.model.draft, build_vocab(torch.ones(target.vocab_size), 200)["d2t"], seed=0)
     g = torch.Generator().manual_seed(1)
     for p in head.parameters():  # peaked draft distributions: distinct top-k, real accepts and rejects
         if p.dim() >= 2 and p.requires_grad:

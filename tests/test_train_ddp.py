@@ -29,18 +29,20 @@ def _train(rank: int, world: int, port: int, out: str) -> None:
             MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank)
         )
     from vsd.config import compose
+    from vsd.data.vocab import build_vocab, token_counts
+    from vsd.features.dataset import collate
     from vsd.losses import build_loss
     from vsd.losses.eagle3 import finalize_logs
-    from vsd.models.draft import build_head, vocab_from_counts
+    from vsd.models.draft import build_head
     from vsd.models.target import load_target
     from vsd.runtime import init_distributed
-    from vsd.train.toy_data import collate_items, make_toy_items, token_counts
+    from vsd.train.toy_data import make_toy_items
     from vsd.train.trainer import Trainer
 
     _, cfg = compose(["model=tiny_random", "train=tiny", "loss=eagle3", "loss.ttt_steps=2"])[0]
     target = load_target(cfg.model, out, "cpu", "float32")
     items = make_toy_items(target, 10, new_tokens=12, greedy=False, seed=0)
-    vocab = vocab_from_counts(token_counts(items, target.vocab_size), 128)
+    vocab = build_vocab(token_counts(items, target.vocab_size), 128)
     head = build_head(target, cfg.model.draft, vocab["d2t"], seed=0)
     tcfg = dataclasses.replace(
         cfg.train, steps=STEPS, batch_size=4, grad_accum=1, log_every=1, heldout_every=2
@@ -52,7 +54,7 @@ def _train(rank: int, world: int, port: int, out: str) -> None:
         build_loss(cfg.loss, target, vocab),
         items[:8],
         items[8:],
-        collate_items,
+        collate,
         seed=0,
         device="cpu",
         ckpt_dir=None,

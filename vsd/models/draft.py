@@ -538,19 +538,6 @@ def build_head(target, dcfg, d2t: torch.Tensor, seed: int | None = None) -> Draf
     return head.to(target.device)
 
 
-def vocab_from_counts(counts: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
-    """Draft vocab of the ``size`` most frequent target ids (ties: lower id first). counts (V,) ->
-    {d2t (size,) sorted target ids, t2d (V,) draft id or -1, coverage () fraction of counted tokens}."""
-    counts = torch.as_tensor(counts, dtype=torch.float64)
-    size = min(size, counts.numel())
-    order = torch.argsort(-counts, stable=True)[:size]
-    d2t = order.sort().values
-    t2d = torch.full((counts.numel(),), -1, dtype=torch.long)
-    t2d[d2t] = torch.arange(size)
-    total = counts.sum().clamp_min(1)
-    return {"d2t": d2t, "t2d": t2d, "coverage": counts[d2t].sum() / total}
-
-
 SHIPPED = "shipped"
 DRAFTS_DIR = Path(__file__).resolve().parents[1] / "drafts"  # drafts shipped with vsd (package data)
 
