@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vsd.config import Config, ConfigError, to_config
+from vsd.config import Config, to_config
 from vsd.errors import UserError
 from vsd.records import RunLog, RunRecord
 from vsd.runtime import DistInfo, init_distributed, local_device, resolve_device, set_seed, set_threads
@@ -186,7 +186,7 @@ def hydra_task(dcfg: DictConfig) -> float | None:
         try:
             metrics = execute(dcfg, log=log)
             return metrics.get("eval/tau")
-        except (UserError, ConfigError) as e:
+        except UserError as e:  # ConfigError too: one line, no traceback
             print(f"error: {e}", file=sys.stderr, flush=True)
             if job.get("mode") != "multirun":
                 sys.exit(1)
