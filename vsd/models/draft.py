@@ -13,7 +13,6 @@ target's, frozen, and is not saved with the draft (it is copied from the target 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import warnings
@@ -27,6 +26,7 @@ from torch import nn
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, LlamaRotaryEmbedding, apply_rotary_pos_emb
 
 from vsd.errors import UserError
+from vsd.files import sha256_file
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -426,7 +426,7 @@ class DraftHead(nn.Module):
         save_file({"d2t": self.d2t.cpu(), "t2d": self.t2d.cpu()}, str(out / VOCAB_FILE))
         meta = {"format": "vsd-eagle3-head", "version": 1, "head": asdict(self.hc)}
         meta["trainable_parameters"] = self.num_trainable_parameters()
-        meta["sha256"] = {f: file_sha256(out / f) for f in CHECKED_FILES}
+        meta["sha256"] = {f: sha256_file(out / f) for f in CHECKED_FILES}
         (out / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
         return out
 
@@ -476,15 +476,6 @@ _RESTORE_HINT = (
 _WARNED_UNCHECKED: set[str] = set()
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _check_files(ckpt: Path, recorded: dict[str, str] | None) -> None:
     """Compare each weight file with its recorded sha256; warn once per checkpoint saved without them."""
     if not recorded:
@@ -500,7 +491,7 @@ def _check_files(ckpt: Path, recorded: dict[str, str] | None) -> None:
         f = ckpt / name
         want = recorded.get(name)
         try:
-            got = file_sha256(f)
+            got = sha256_file(f)
         except OSError as e:
             raise UserError(f"draft checkpoint {f}: unreadable ({e.strerror or e}); {_RESTORE_HINT}") from e
         if want is None:
