@@ -33,6 +33,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.doc_sections import write_section  # noqa: E402
 from vsd.config import compose  # noqa: E402
 from vsd.config.schema import EvalConfig  # noqa: E402
+from vsd.data.eval_prompts import load_suite  # noqa: E402
+from vsd.decoding.eagle import load_draft  # noqa: E402
 from vsd.decoding.engine import generate_ar, generate_spec  # noqa: E402
 from vsd.decoding.lookup_branch import LookupBranchDrafter  # noqa: E402
 from vsd.decoding.shape import choose_shape, predict_tau  # noqa: E402
@@ -44,9 +46,8 @@ from vsd.evaluation.autoshape import (  # noqa: E402
 )
 from vsd.evaluation.costs import cost_metrics, measure_forward_costs  # noqa: E402
 from vsd.evaluation.metrics import compute_metrics  # noqa: E402
-from vsd.evaluation.prompts import load_suite, package_file  # noqa: E402
 from vsd.evaluation.runner import hf_generate  # noqa: E402
-from vsd.models.draft import load_draft  # noqa: E402
+from vsd.files import package_file  # noqa: E402
 from vsd.models.target import load_target  # noqa: E402
 
 DEFAULT_SHAPES = "5x8x32,5x4x12,4x2x6,5x1x5"
@@ -54,7 +55,7 @@ DEFAULT_SHAPES = "5x8x32,5x4x12,4x2x6,5x1x5"
 
 def writingbench_file(n: int, out_dir: Path) -> Path:
     """A user prompt file (eval=file format) of the first ``n`` short English WritingBench queries."""
-    src = package_file("inspect_evals", "writingbench/benchmark_all.jsonl")
+    src = package_file("inspect_evals", "writingbench/benchmark_all.jsonl", "eval")
     rows = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
     picked = [r for r in rows if r["query"].isascii() and len(r["query"]) <= 600][:n]
     path = out_dir / "writingbench_en.jsonl"
@@ -233,7 +234,7 @@ def main() -> None:
             path_f = (
                 writingbench_file(args.file_prompts, Path(tmp)) if args.file == "writingbench" else args.file
             )
-            from vsd.evaluation.prompts import load_prompt_file
+            from vsd.data.eval_prompts import load_prompt_file
 
             recs = load_prompt_file(path_f)[: args.file_prompts]
             name = f"user prompt file ({'WritingBench, English' if args.file == 'writingbench' else path_f})"

@@ -29,9 +29,9 @@ if "PYTHONPATH" not in os.environ:  # this checkout, unless another one is asked
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vsd.config import compose  # noqa: E402
+from vsd.decoding.eagle import load_draft  # noqa: E402
 from vsd.decoding.engine import generate_ar, generate_spec  # noqa: E402
 from vsd.evaluation.costs import measure_forward_costs  # noqa: E402
-from vsd.models.draft import load_draft  # noqa: E402
 from vsd.models.target import load_target  # noqa: E402
 
 PROMPTS = [
@@ -106,7 +106,7 @@ def main() -> None:
 
 def breakdown(target, drafter, ids, dcfg, depth: int) -> None:
     """Where a step's draft time goes (this checkout's runners only): commit, tree levels, the rest."""
-    from vsd.models import draft_runner
+    from vsd.decoding import draft_runner
 
     cls = draft_runner.EagerDraftRunner
     if not hasattr(cls, "expand_level"):

@@ -25,7 +25,7 @@ import torch
 
 
 def write_mtbench(path: str) -> None:
-    from vsd.evaluation.prompts import load_mtbench, split_of
+    from vsd.data.eval_prompts import load_mtbench, split_of
 
     rows = [r for r in load_mtbench() if split_of(r["id"]) == "test"]
     with open(path, "w") as fh:
@@ -85,9 +85,9 @@ def main() -> None:
         return
 
     from vsd.config import compose
+    from vsd.data.eval_prompts import load_prompt_file
     from vsd.decoding.engine import generate_ar, generate_spec
     from vsd.decoding.ngram import NgramDrafter
-    from vsd.evaluation.prompts import load_prompt_file
     from vsd.models.target import load_target
 
     _, cfg = compose([f"device={args.device}", *args.overrides])[0]
@@ -109,7 +109,7 @@ def main() -> None:
     ]
     drafter_eagle = None
     if args.draft:
-        from vsd.models.draft import load_draft
+        from vsd.decoding.eagle import load_draft
 
         drafter_eagle = load_draft(args.draft, target)
         methods += [

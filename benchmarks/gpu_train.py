@@ -34,12 +34,14 @@ def main() -> None:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from vsd.config import compose
+    from vsd.data.vocab import build_vocab, token_counts
     from vsd.features.dataset import collate
     from vsd.losses import build_loss
-    from vsd.models.draft import build_head, vocab_from_counts
+    from vsd.models.draft import build_head
     from vsd.models.target import Target
-    from vsd.train.toy_data import target_item, token_counts
-    from vsd.train.trainer import Trainer, init_distributed, local_device
+    from vsd.runtime import init_distributed, local_device
+    from vsd.train.toy_data import target_item
+    from vsd.train.trainer import Trainer
 
     info = init_distributed("cuda")
     device = local_device("cuda", info)
@@ -55,7 +57,7 @@ def main() -> None:
     for _ in range(n_items):
         ids = torch.randint(0, mc.vocab_size, (args.seq,), generator=g).tolist()
         items.append(target_item(target, ids, args.seq // 4))
-    vocab = vocab_from_counts(token_counts(items, mc.vocab_size), cfg.model.draft.vocab_size)
+    vocab = build_vocab(token_counts(items, mc.vocab_size), cfg.model.draft.vocab_size)
     head = build_head(target, cfg.model.draft, vocab["d2t"], seed=0).to(device)
     tcfg = dataclasses.replace(
         cfg.train,

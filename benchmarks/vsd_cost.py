@@ -49,17 +49,18 @@ def main() -> None:
     args = ap.parse_args()
 
     from vsd.config import compose
+    from vsd.data.vocab import build_vocab, token_counts
+    from vsd.features.dataset import collate
     from vsd.losses import build_loss
-    from vsd.models.draft import build_head, vocab_from_counts
+    from vsd.models.draft import build_head
     from vsd.models.target import load_target
     from vsd.runtime import synchronize
-    from vsd.train.toy_data import collate_items, token_counts
 
     _, cfg = compose([])[0]
     target = load_target(cfg.model, cfg.paths.cache_dir, args.device, cfg.dtype)
     items = build_batch(target, args.batch, args.seq_len)
-    vocab = vocab_from_counts(token_counts(items, target.vocab_size), cfg.model.draft.vocab_size)
-    batch = {k: v.to(args.device) for k, v in collate_items(items).items()}
+    vocab = build_vocab(token_counts(items, target.vocab_size), cfg.model.draft.vocab_size)
+    batch = {k: v.to(args.device) for k, v in collate(items).items()}
     n_resp = int(batch["loss_mask"].sum())
 
     settings = [("eagle3", None)] + [("vsd", s) for s in args.samples]

@@ -20,8 +20,8 @@ from vsd.analysis import (
     make_figures,
     mean_ci,
     plots,
-    swept_keys,
     tables,
+    varying_keys,
 )
 from vsd.analysis.collect import method_label
 
@@ -72,7 +72,7 @@ def test_collect_runs_columns_and_failed_kept(runs: pd.DataFrame) -> None:
     assert failed["eval/tau"].isna().all()
     assert runs["train.betas"].iloc[0] == "[0.9, 0.95]"  # lists flattened to hashable JSON strings
     assert runs.attrs["problems"] == []
-    assert set(swept_keys(runs)) == {
+    assert set(varying_keys(runs)) == {
         "loss.name",
         "loss.num_samples",
         "loss.arw",

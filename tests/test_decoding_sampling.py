@@ -167,8 +167,8 @@ def _eagle_small(target):
     """An EAGLE-3 head on the 6-token target drafting in a 4-token draft vocab (tokens 1 and 4 are never
     drafted, so every sampled tree maps draft ids and scatters draft distributions)."""
     from vsd.config.schema import DraftHeadConfig
+    from vsd.decoding.eagle import EagleDrafter
     from vsd.models.draft import build_head
-    from vsd.models.drafter_eagle import EagleDrafter
 
     head = build_head(target, DraftHeadConfig(vocab_size=4), torch.tensor([0, 2, 3, 5]), seed=0)
     g = torch.Generator().manual_seed(2)

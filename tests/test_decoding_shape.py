@@ -11,6 +11,8 @@ import torch
 
 from tests.decoding_helpers import one_thread
 from vsd.config import compose
+from vsd.data.vocab import build_vocab
+from vsd.decoding.eagle import EagleDrafter
 from vsd.decoding.shape import (
     AcceptanceTable,
     CostProfile,
@@ -21,8 +23,7 @@ from vsd.decoding.shape import (
 )
 from vsd.decoding.tree import static_template
 from vsd.evaluation import autoshape
-from vsd.models.draft import build_head, vocab_from_counts
-from vsd.models.drafter_eagle import EagleDrafter
+from vsd.models.draft import build_head
 from vsd.models.target import load_target
 
 
@@ -116,9 +117,7 @@ def test_candidates_respect_the_limits():
 def tiny_drafter():
     _, cfg = compose(["model=tiny_random"])[0]
     target = load_target(cfg.model, cfg.paths.cache_dir, "cpu", "float32")
-    head = build_head(
-        target, cfg.model.draft, vocab_from_counts(torch.ones(target.vocab_size), 200)["d2t"], 0
-    )
+    head = build_head(target, cfg.model.draft, build_vocab(torch.ones(target.vocab_size), 200)["d2t"], 0)
     with one_thread():
         yield cfg, target, EagleDrafter(head)
 

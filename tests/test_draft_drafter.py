@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from vsd.config import compose
+from vsd.data.vocab import build_vocab
+from vsd.decoding.eagle import EagleDrafter, load_draft
 from vsd.decoding.engine import generate_ar, generate_spec
-from vsd.models.draft import build_head, load_draft, vocab_from_counts
-from vsd.models.drafter_eagle import EagleDrafter
+from vsd.models.draft import build_head
 from vsd.models.target import load_target
 
 
@@ -23,7 +24,7 @@ def setup(tmp_path_factory):
         ]
     )[0]
     target = load_target(cfg.model, tmp_path_factory.mktemp("c"), "cpu", "float32")
-    vocab = vocab_from_counts(torch.ones(target.vocab_size), 200)
+    vocab = build_vocab(torch.ones(target.vocab_size), 200)
     head = build_head(target, cfg.model.draft, vocab["d2t"], seed=0)
     return cfg, target, head
 

@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from vsd.config import compose
-from vsd.models.draft import DraftHead, build_head, vocab_from_counts
+from vsd.data.vocab import build_vocab
+from vsd.features.dataset import collate
+from vsd.models.draft import DraftHead, build_head
 from vsd.models.target import load_target
-from vsd.train.toy_data import collate_items, make_toy_items
+from vsd.train.toy_data import make_toy_items
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +16,7 @@ def setup(tmp_path_factory):
     _, cfg = compose(["model=tiny_random"])[0]
     target = load_target(cfg.model, tmp_path_factory.mktemp("c"), "cpu", "float32")
     counts = torch.arange(target.vocab_size).float() % 7  # deterministic, with ties
-    vocab = vocab_from_counts(counts, 32)
+    vocab = build_vocab(counts, 32)
     head = build_head(target, cfg.model.draft, vocab["d2t"], seed=0)
     return cfg, target, vocab, head
 
@@ -75,7 +77,7 @@ def test_save_load_roundtrip(setup, tmp_path):
     for (n, a), (_, b) in zip(head.state_dict().items(), back.state_dict().items()):
         assert torch.equal(a, b), n
     items = make_toy_items(target, 2, new_tokens=6, greedy=False)
-    b = collate_items(items)
+    b = collate(items)
     x = head.step(head.fuse(b["features"]), b["input_ids"], torch.arange(b["input_ids"].shape[1])[None])[1]
     y = back.step(back.fuse(b["features"]), b["input_ids"], torch.arange(b["input_ids"].shape[1])[None])[1]
     assert torch.equal(x, y)

@@ -10,10 +10,11 @@ import torch
 
 from tests.decoding_helpers import one_thread
 from vsd.config import compose
+from vsd.data.vocab import build_vocab
+from vsd.decoding.draft_runner import EagerDraftRunner, GraphDraftRunner
+from vsd.decoding.eagle import EagleDrafter
 from vsd.decoding.engine import generate_ar, generate_spec
-from vsd.models.draft import build_head, vocab_from_counts
-from vsd.models.draft_runner import EagerDraftRunner, GraphDraftRunner
-from vsd.models.drafter_eagle import EagleDrafter
+from vsd.models.draft import build_head
 from vsd.models.target import load_target
 
 
@@ -21,9 +22,7 @@ from vsd.models.target import load_target
 def setup():
     _, cfg = compose(["model=tiny_random", "decoding=tree"])[0]
     target = load_target(cfg.model, cfg.paths.cache_dir, "cpu", "float32")
-    head = build_head(
-        target, cfg.model.draft, vocab_from_counts(torch.ones(target.vocab_size), 200)["d2t"], seed=0
-    )
+    head = build_head(target, cfg.model.draft, build_vocab(torch.ones(target.vocab_size), 200)["d2t"], seed=0)
     g = torch.Generator().manual_seed(1)
     for p in head.parameters():  # peaked draft distributions: distinct top-k, real accepts and rejects
         if p.dim() >= 2 and p.requires_grad:
@@ -125,8 +124,8 @@ def test_bf16_draft_head_stays_lossless(setup):
 def test_eager_levels_equal_a_reference_head_step(setup):
     """The runner's commit and two tree levels (tables built from the pool on the device) give exactly what the
     head computes on its plain append-only KVCache with explicitly written masks, positions and hiddens."""
+    from vsd.decoding.draft_runner import draft_logp
     from vsd.decoding.tree import TensorPool
-    from vsd.models.draft_runner import draft_logp
 
     cfg, target, head = setup
     g = torch.Generator().manual_seed(5)

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from vsd.config import compose
+from vsd.data.vocab import build_vocab
 from vsd.losses import build_loss
 from vsd.losses.eagle3 import finalize_logs
-from vsd.models.draft import build_head, vocab_from_counts
+from vsd.models.draft import build_head
 from vsd.models.target import load_target
 
 
@@ -16,7 +17,7 @@ from vsd.models.target import load_target
 def setup(tmp_path_factory):
     _, cfg = compose(["model=tiny_random", "loss=eagle3", "loss.ttt_steps=2", "loss.step_decay=0.5"])[0]
     target = load_target(cfg.model, tmp_path_factory.mktemp("c"), "cpu", "float32")
-    vocab = vocab_from_counts(torch.arange(target.vocab_size).float() % 5, 40)
+    vocab = build_vocab(torch.arange(target.vocab_size).float() % 5, 40)
     head = build_head(target, cfg.model.draft, vocab["d2t"], seed=0)
     return cfg, target, vocab, head
 

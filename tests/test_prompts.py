@@ -7,8 +7,8 @@ import json
 import pytest
 
 from vsd.config.schema import EvalConfig
+from vsd.data import eval_prompts as P
 from vsd.errors import UserError
-from vsd.evaluation import prompts as P
 
 EXPECTED = {
     "mt_bench": 80,

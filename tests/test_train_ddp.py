@@ -29,17 +29,20 @@ def _train(rank: int, world: int, port: int, out: str) -> None:
             MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank)
         )
     from vsd.config import compose
+    from vsd.data.vocab import build_vocab, token_counts
+    from vsd.features.dataset import collate
     from vsd.losses import build_loss
     from vsd.losses.eagle3 import finalize_logs
-    from vsd.models.draft import build_head, vocab_from_counts
+    from vsd.models.draft import build_head
     from vsd.models.target import load_target
-    from vsd.train.toy_data import collate_items, make_toy_items, token_counts
-    from vsd.train.trainer import Trainer, init_distributed
+    from vsd.runtime import init_distributed
+    from vsd.train.toy_data import make_toy_items
+    from vsd.train.trainer import Trainer
 
-    _, cfg = compose(["model=tiny_random", "train=tiny", "loss.ttt_steps=2"])[0]
+    _, cfg = compose(["model=tiny_random", "train=tiny", "loss=eagle3", "loss.ttt_steps=2"])[0]
     target = load_target(cfg.model, out, "cpu", "float32")
     items = make_toy_items(target, 10, new_tokens=12, greedy=False, seed=0)
-    vocab = vocab_from_counts(token_counts(items, target.vocab_size), 128)
+    vocab = build_vocab(token_counts(items, target.vocab_size), 128)
     head = build_head(target, cfg.model.draft, vocab["d2t"], seed=0)
     tcfg = dataclasses.replace(
         cfg.train, steps=STEPS, batch_size=4, grad_accum=1, log_every=1, heldout_every=2
@@ -51,7 +54,7 @@ def _train(rank: int, world: int, port: int, out: str) -> None:
         build_loss(cfg.loss, target, vocab),
         items[:8],
         items[8:],
-        collate_items,
+        collate,
         seed=0,
         device="cpu",
         ckpt_dir=None,
@@ -91,7 +94,7 @@ def test_slurm_step_variables_become_torch_env(monkeypatch):
     """Task 1 of a submitit Slurm job of 2 tasks exports torch's env:// variables from its Slurm variables;
     outside submitit (an ``salloc -n 4`` shell: SLURM_NTASKS=4, one process) nothing is exported, so a run
     there never waits for peers."""
-    from vsd.train import trainer
+    from vsd import runtime
 
     keys = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     for key in (*keys, "SUBMITIT_EXECUTOR"):
@@ -102,11 +105,11 @@ def test_slurm_step_variables_become_torch_env(monkeypatch):
     slurm = {"SLURM_JOB_ID": "17", "SLURM_NTASKS": "4", "SLURM_JOB_NUM_NODES": "1", "SLURM_NODEID": "0"}
     for k, v in {**slurm, "SLURM_JOB_NODELIST": "node7", "SLURM_PROCID": "1", "SLURM_LOCALID": "1"}.items():
         monkeypatch.setenv(k, v)
-    trainer._torch_env_from_job()  # the allocation shell
+    runtime._torch_env_from_job()  # the allocation shell
     assert not any(k in os.environ for k in keys)
 
     monkeypatch.setenv("SLURM_NTASKS", "2")
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")  # task 1 of a submitit job of 2 tasks
-    trainer._torch_env_from_job()
+    runtime._torch_env_from_job()
     got = {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
     assert got == {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "node7"}

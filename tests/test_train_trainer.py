@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from vsd.config import compose
+from vsd.data.vocab import build_vocab, token_counts
+from vsd.features.dataset import collate
 from vsd.losses import build_loss
 from vsd.losses.eagle3 import finalize_logs
-from vsd.models.draft import build_head, vocab_from_counts
+from vsd.models.draft import build_head
 from vsd.models.target import load_target
-from vsd.train.toy_data import collate_items, make_toy_items, token_counts
+from vsd.train.toy_data import make_toy_items
 from vsd.train.trainer import Trainer, batch_indices, lr_lambda
 
 
@@ -22,7 +24,7 @@ def setup(tmp_path_factory):
     _, cfg = compose(["model=tiny_random", "train=tiny", "loss=eagle3", "loss.ttt_steps=3"])[0]
     target = load_target(cfg.model, tmp_path_factory.mktemp("c"), "cpu", "float32")
     items = make_toy_items(target, 12, new_tokens=16, greedy=False, seed=0)
-    vocab = vocab_from_counts(token_counts(items, target.vocab_size), 128)
+    vocab = build_vocab(token_counts(items, target.vocab_size), 128)
     return cfg, target, items, vocab
 
 
@@ -37,7 +39,7 @@ def make_trainer(setup, tmp, **train_over):
         build_loss(cfg.loss, target, vocab),
         items[:10],
         items[10:],
-        collate_items,
+        collate,
         seed=0,
         device="cpu",
         ckpt_dir=tmp / "ckpt",

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from vsd.config import compose
-from vsd.models.draft import build_head, vocab_from_counts
-from vsd.models.drafter_eagle import EagleDrafter
+from vsd.data.vocab import build_vocab
+from vsd.decoding.eagle import EagleDrafter
+from vsd.models.draft import build_head
 from vsd.models.target import load_target
 from vsd.models.tree_draft import accepted_by_reference, grow_anchor_trees
 
@@ -24,7 +25,7 @@ def setup(tmp_path_factory):
         ]
     )[0]
     target = load_target(cfg.model, tmp_path_factory.mktemp("c"), "cpu", "float32")
-    vocab = vocab_from_counts(torch.ones(target.vocab_size), 200)
+    vocab = build_vocab(torch.ones(target.vocab_size), 200)
     head = build_head(target, cfg.model.draft, vocab["d2t"], seed=0).eval()
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 200, (2, 24), generator=g)
@@ -90,18 +91,20 @@ def test_padding_and_ranks_and_reference_acceptance(setup):
 @pytest.fixture(scope="module")
 def trained(setup):
     """A tiny draft trained briefly with EAGLE-3 on the target's own greedy text, so that trees get accepted."""
+    from vsd.data.vocab import token_counts
+    from vsd.features.dataset import collate
     from vsd.losses import build_loss
-    from vsd.train.toy_data import collate_items, make_toy_items, token_counts
+    from vsd.train.toy_data import make_toy_items
 
     cfg, target, _, _, _ = setup
     items = make_toy_items(target, 16, prompt_len=6, new_tokens=28, seed=1)
-    vocab = vocab_from_counts(token_counts(items, target.vocab_size) + 1, 200)
+    vocab = build_vocab(token_counts(items, target.vocab_size) + 1, 200)
     head = build_head(target, cfg.model.draft, vocab["d2t"], seed=0)
     loss = build_loss(
         compose(["model=tiny_random", "loss=eagle3", "loss.ttt_steps=3"])[0][1].loss, target, vocab
     )
     opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=3e-3)
-    batch = collate_items(items)
+    batch = collate(items)
     for s in range(25):
         opt.zero_grad()
         loss(head, batch, s)[0].backward()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vsd.config import ConfigError, compose
+from vsd.config import compose
+from vsd.errors import ConfigError
 
 WARM = "train.init_from=/some/eagle3/draft"
 

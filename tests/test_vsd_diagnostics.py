@@ -5,28 +5,30 @@ import pytest
 import torch
 
 from vsd.config import compose
+from vsd.data.vocab import build_vocab, token_counts
+from vsd.features.dataset import collate
 from vsd.losses import build_loss
 from vsd.losses.vsd import finalize_vsd_logs
-from vsd.models.draft import build_head, vocab_from_counts
-from vsd.train.toy_data import collate_items, make_toy_items, token_counts
+from vsd.models.draft import build_head
+from vsd.train.toy_data import make_toy_items
 
 
 @pytest.fixture(scope="module")
 def setup(tiny_target):
     greedy = make_toy_items(tiny_target, 8, prompt_len=6, new_tokens=20, seed=3)
     random = make_toy_items(tiny_target, 8, prompt_len=6, new_tokens=20, seed=4, greedy=False)
-    vocab = vocab_from_counts(token_counts(greedy + random, tiny_target.vocab_size) + 1, 200)
+    vocab = build_vocab(token_counts(greedy + random, tiny_target.vocab_size) + 1, 200)
     head = build_head(tiny_target, compose(["model=tiny_random"])[0][1].model.draft, vocab["d2t"], seed=0)
     e3 = build_loss(
         compose(["model=tiny_random", "loss=eagle3", "loss.ttt_steps=3"])[0][1].loss, tiny_target, vocab
     )
     opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=3e-3)
-    batch = collate_items(greedy)
+    batch = collate(greedy)
     for s in range(25):  # a draft that predicts the target: the E-step keeps something
         opt.zero_grad()
         e3(head, batch, s)[0].backward()
         opt.step()
-    return tiny_target, vocab, head, collate_items(greedy), collate_items(random)
+    return tiny_target, vocab, head, collate(greedy), collate(random)
 
 
 @pytest.mark.parametrize("estep", ["chain", "tree"])

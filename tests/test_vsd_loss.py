@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from vsd.config import compose
+from vsd.data.vocab import build_vocab, token_counts
+from vsd.features.dataset import collate
 from vsd.losses import build_loss
 from vsd.losses.vsd import select_anchors
-from vsd.models.draft import build_head, vocab_from_counts
-from vsd.train.toy_data import collate_items, make_toy_items, token_counts
+from vsd.models.draft import build_head
+from vsd.train.toy_data import make_toy_items
 
 
 def _cfg(*over: str):
@@ -24,9 +26,9 @@ def setup(tiny_target):
     cfg = _cfg()
     items = make_toy_items(tiny_target, 8, prompt_len=8, new_tokens=24, seed=0)
     # the whole byte range in the draft vocab, so ground-truth paths are representable
-    vocab = vocab_from_counts(token_counts(items, tiny_target.vocab_size) + 1, cfg.model.draft.vocab_size)
+    vocab = build_vocab(token_counts(items, tiny_target.vocab_size) + 1, cfg.model.draft.vocab_size)
     head = build_head(tiny_target, cfg.model.draft, vocab["d2t"], seed=0)
-    return tiny_target, vocab, head, collate_items(items)
+    return tiny_target, vocab, head, collate(items)
 
 
 def _mean_U(loss, head, batch, seed: int = 0) -> float:

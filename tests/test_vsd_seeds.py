@@ -12,12 +12,14 @@ import pytest
 import torch
 
 from vsd.config import compose
+from vsd.data.vocab import build_vocab, token_counts
+from vsd.features.dataset import collate
 from vsd.losses import build_loss
 from vsd.losses.eagle3 import finalize_logs
 from vsd.losses.vsd import finalize_vsd_logs, select_anchors
-from vsd.models.draft import build_head, vocab_from_counts
+from vsd.models.draft import build_head
 from vsd.models.target import load_target
-from vsd.train.toy_data import collate_items, make_toy_items, token_counts
+from vsd.train.toy_data import make_toy_items
 from vsd.train.trainer import Trainer
 
 OV = [
@@ -38,7 +40,7 @@ def setup(tmp_path_factory):
     _, cfg = compose(OV)[0]
     target = load_target(cfg.model, tmp_path_factory.mktemp("c"), "cpu", "float32")
     items = make_toy_items(target, 10, prompt_len=6, new_tokens=14, greedy=False, seed=0)
-    vocab = vocab_from_counts(token_counts(items, target.vocab_size) + 1, 128)
+    vocab = build_vocab(token_counts(items, target.vocab_size) + 1, 128)
     return cfg, target, items, vocab
 
 
@@ -56,7 +58,7 @@ def make_trainer(setup, tmp, seed=0, **train_over):
         build_loss(cfg.loss, target, vocab, seed=seed),
         items[:8],
         items[8:],
-        collate_items,
+        collate,
         seed=seed,
         device="cpu",
         ckpt_dir=tmp / "ckpt",
@@ -120,7 +122,7 @@ def test_heldout_evaluation_does_not_change_training(setup, tmp_path):
     same_weights(often, rarely)
     # the held-out stream restarts at every evaluation: the same draft scores the same
     loss = often.loss_fn
-    batch = collate_items(setup[2][8:])
+    batch = collate(setup[2][8:])
     with loss.heldout_mode():
         a = select_anchors(batch, 3, loss.generator)[0]
     with loss.heldout_mode():
@@ -131,7 +133,7 @@ def test_heldout_evaluation_does_not_change_training(setup, tmp_path):
 def test_seeds_and_ranks_draw_different_estep_samples(setup):
     cfg, target, items, vocab = setup
     head = build_head(target, cfg.model.draft, vocab["d2t"], seed=0)
-    batch = collate_items(items[:4])
+    batch = collate(items[:4])
 
     def draws(seed, rank=0):
         loss = build_loss(cfg.loss, target, vocab, seed=seed, rank=rank)

@@ -19,10 +19,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vsd.config import Config, ConfigError, to_config
+from vsd.config import Config, to_config
 from vsd.errors import UserError
 from vsd.records import RunLog, RunRecord
-from vsd.runtime import resolve_device, set_seed, set_threads
+from vsd.runtime import DistInfo, init_distributed, local_device, resolve_device, set_seed, set_threads
 from vsd.sweep import launcher_threads, swept_overrides
 from vsd.tracking import Tracker, make_tracker
 
@@ -42,6 +42,7 @@ class RunContext:
     device: str
     tracker: Tracker
     record: RunRecord
+    dist: DistInfo = field(default_factory=DistInfo)  # this process's rank (``device`` is its own device)
     artifacts: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     _target: Any = None
@@ -96,9 +97,8 @@ def execute(dcfg: DictConfig, run_dir: Path | None = None, log: RunLog | None = 
     run_dir = Path(run_dir or cfg.paths.output_dir or ".")
     job = _job_info()
     # Under torchrun every rank runs this function: rank 0 owns the records, the tracker and evaluation;
-    # the other ranks keep their own run.json in a sub-folder (analysis ignores folders inside a run).
-    from vsd.train.trainer import init_distributed, local_device
-
+    # the other ranks keep their own run.json in a sub-folder (analysis ignores folders inside a run). The
+    # process group is joined here, once; the stages read the rank and device from the run context.
     dist_info = init_distributed(resolve_device(cfg.device))
     if not dist_info.main:
         run_dir = run_dir / f"rank{dist_info.rank}"
@@ -126,7 +126,9 @@ def execute(dcfg: DictConfig, run_dir: Path | None = None, log: RunLog | None = 
             provenance={k: record.data[k] for k in ("git_sha", "git_dirty", "versions", "seed")},
         )
         record.update(wandb_run_id=tracker.run_id)
-        ctx = RunContext(cfg, run_dir, Path(cfg.paths.cache_dir).expanduser(), device, tracker, record)
+        ctx = RunContext(
+            cfg, run_dir, Path(cfg.paths.cache_dir).expanduser(), device, tracker, record, dist_info
+        )
         for name in cfg.stages:
             if name == "eval" and not dist_info.main:
                 continue  # one evaluation per run, on rank 0
@@ -207,7 +209,7 @@ def hydra_task(dcfg: DictConfig) -> float | None:
         try:
             metrics = execute(dcfg, log=log)
             return metrics.get("eval/tau")
-        except (UserError, ConfigError) as e:
+        except UserError as e:  # ConfigError too: one line, no traceback
             print(f"error: {e}", file=sys.stderr, flush=True)
             if job.get("mode") != "multirun":
                 sys.exit(1)

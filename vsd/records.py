@@ -12,6 +12,7 @@ in the same second never meet.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import fcntl
 import functools
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -38,19 +40,27 @@ HEARTBEAT_SECONDS = 30.0  # run.json's heartbeat period while a run lives
 STALE_BEATS = 4  # a running run whose heartbeat is older than this many periods is dead
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+@contextlib.contextmanager
+def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
+    """A fresh temp file beside ``path`` for the block to write; fsync'd and renamed onto ``path`` when the
+    block ends, removed if it raises: a reader never sees a partial file under ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
+        yield Path(tmp)
+        with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

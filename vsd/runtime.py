@@ -1,14 +1,17 @@
-"""Device, dtype, threads, seeding and CUDA-graph capture: the only place that decides where tensors live."""
+"""Device, dtype, threads, seeding, the distributed set-up and CUDA-graph capture: the only place that decides
+where tensors live."""
 
 from __future__ import annotations
 
 import os
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from vsd.errors import UserError
 
@@ -65,6 +68,55 @@ def peak_memory_mb(device: str | torch.device) -> float | None:
     if str(device).startswith("cuda"):
         return torch.cuda.max_memory_allocated(device) / 2**20
     return None
+
+
+@dataclass
+class DistInfo:
+    """This process's place in a distributed job (rank 0 of 1 outside one)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _torch_env_from_job() -> None:
+    """A submitit job of several tasks (``tasks_per_node=N``, as in ``hydra/launcher=slurm_gpu``) starts N
+    copies of the run without torchrun. Export torch's env:// variables (RANK, WORLD_SIZE, LOCAL_RANK,
+    MASTER_ADDR/PORT) from the job's environment so the copies form one process group. Only inside a submitit
+    job (SUBMITIT_EXECUTOR): a plain ``salloc -n 4`` shell has SLURM_NTASKS=4 but runs one process."""
+    if "WORLD_SIZE" in os.environ or not os.environ.get("SUBMITIT_EXECUTOR"):
+        return
+    import submitit
+    from submitit.helpers import TorchDistributedEnvironment
+
+    if submitit.JobEnvironment().num_tasks > 1:
+        # every task keeps all the node's GPUs and picks cuda:LOCAL_RANK (local_device), as under torchrun
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
+def init_distributed(device: str) -> DistInfo:
+    """Join the process group of a torchrun job or a submitit job of several tasks (gloo on CPU, nccl on
+    CUDA); a single process otherwise."""
+    _torch_env_from_job()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        # On GPUs, small CPU tensors (token counts) are reduced too: gloo for CPU, NCCL for CUDA tensors.
+        dist.init_process_group("cpu:gloo,cuda:nccl" if str(device).startswith("cuda") else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size())
+
+
+def local_device(device: str, info: DistInfo) -> str:
+    """One GPU per rank (LOCAL_RANK) under torchrun on CUDA."""
+    if info.world > 1 and device == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return f"cuda:{local}"
+    return device
 
 
 def capture_graph(fn: Callable[[], T], pool=None) -> tuple[torch.cuda.CUDAGraph, T]:

@@ -56,8 +56,9 @@ def launcher_threads() -> int | None:
     return int(cpus) if cpus else None
 
 
-def swept_keys(sweep_dir: Path) -> set[str]:
-    """Keys a multirun varies: sweep overrides on its command line plus its sweeper's ``params``.
+def declared_swept_keys(sweep_dir: Path) -> set[str]:
+    """Keys a multirun declares swept: sweep overrides on its command line plus its sweeper's ``params`` (what
+    was asked; :func:`vsd.analysis.collect.varying_keys` finds what differs between finished runs' records).
 
     Read from ``<sweep_dir>/multirun.yaml``, which the sweeper writes before launching any job (a job's own
     Hydra config only holds its expanded values). Empty when the file is missing.
@@ -82,7 +83,7 @@ def swept_overrides(overrides: list[str], sweep_dir: str | Path | None) -> list[
     """The job's overrides of swept keys (``loss.num_samples=8``): W&B tags. All overrides outside a sweep."""
     if not sweep_dir:
         return [o.lstrip("+~") for o in overrides]
-    keys = swept_keys(Path(sweep_dir))
+    keys = declared_swept_keys(Path(sweep_dir))
     return [o.lstrip("+~") for o in overrides if o.lstrip("+~").split("=", 1)[0] in keys]
 
 
@@ -133,7 +134,7 @@ def summarize(sweep_dir: Path) -> dict[str, Any]:
     (:func:`vsd.records.run_status`, which gives the reason as the error).
     """
     sweep_dir = Path(sweep_dir)
-    swept = swept_keys(sweep_dir)
+    swept = declared_swept_keys(sweep_dir)
     jobs = []
     for d in job_dirs(sweep_dir):
         run = _read_json(d / "run.json") or {}

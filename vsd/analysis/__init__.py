@@ -7,7 +7,7 @@
 ``python -m vsd.analysis.make_figures --runs DIR --out DIR`` regenerates every figure and table (docs/analysis.md).
 """
 
-from vsd.analysis.aggregate import aggregate, aggregate_long, mean_ci, swept_keys
+from vsd.analysis.aggregate import aggregate, aggregate_long, mean_ci, varying_keys
 from vsd.analysis.collect import (
     Problem,
     collect_prompts,
@@ -29,5 +29,5 @@ __all__ = [
     "find_run_dirs",
     "mean_ci",
     "method_label",
-    "swept_keys",
+    "varying_keys",
 ]

@@ -1,7 +1,7 @@
 """Aggregation over seeds: mean and a t-distribution confidence interval per condition.
 
 A condition is one combination of the grouping keys (default: the swept config keys, see
-:func:`vsd.analysis.collect.swept_keys`); the runs inside it differ only by seed. Only completed runs are
+:func:`vsd.analysis.collect.varying_keys`); the runs inside it differ only by seed. Only completed runs are
 aggregated. Output columns per metric ``m``: ``m`` (mean), ``m.ci`` (CI half-width; NaN with one run),
 ``m.std`` (sample std) and ``m.n`` (runs with a value), plus ``n_runs`` and a readable ``label``.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from vsd.analysis.collect import EAGLE3_LOSS_KEYS, VSD_ONLY_PREFIX, metric_columns, swept_keys
+from vsd.analysis.collect import EAGLE3_LOSS_KEYS, VSD_ONLY_PREFIX, metric_columns, varying_keys
 
 # Keys folded into the method label (collect.method_label), so labels do not repeat them.
 METHOD_KEYS = (
@@ -92,7 +92,7 @@ def aggregate(
     """
     df = runs[runs["status"] == "completed"] if completed_only and "status" in runs else runs
     if by is None:
-        by = ["method", *[k for k in swept_keys(runs) if k != "method"]]
+        by = ["method", *[k for k in varying_keys(runs) if k != "method"]]
     by = [k for k in by if k in df.columns]
     metrics = list(metrics) if metrics is not None else metric_columns(df)
     metrics = [m for m in metrics if m in df.columns]
@@ -162,7 +162,7 @@ def ablation_subset(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     if not len(vsd) or any(f not in vsd for f in ABLATION_FLAGS):
         return vsd.iloc[:0], held
     flags = list(ABLATION_FLAGS)
-    for k in swept_keys(vsd):
+    for k in varying_keys(vsd):
         if k in (*flags, "loss.name", "method"):
             continue
         mode = vsd.groupby(k, dropna=False)[flags].apply(lambda g: len(g.drop_duplicates())).idxmax()

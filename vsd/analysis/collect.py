@@ -210,8 +210,9 @@ NOT_SWEPT = ("seed", "run_name", "notes", "threads", "device")
 NOT_SWEPT_PREFIX = ("paths.", "tracker.", "extra.")
 
 
-def swept_keys(df: pd.DataFrame) -> list[str]:
-    """Config columns whose value varies between runs (seeds and paths excluded): the experiment's factors.
+def varying_keys(df: pd.DataFrame) -> list[str]:
+    """Config columns whose value varies between runs (seeds and paths excluded): the experiment's factors, as
+    the records show them (:func:`vsd.sweep.declared_swept_keys` reads what a sweep declared).
     A key missing from some records (added to the config after they were written) varies only if the runs
     that have it disagree."""
     keys = []
@@ -232,7 +233,7 @@ def _side_rows(
         if warn:
             _report(problems)
         return _frame([], problems)
-    cols = ["run_id", "method", "seed", "status", *(key_cols if key_cols is not None else swept_keys(runs))]
+    cols = ["run_id", "method", "seed", "status", *(key_cols if key_cols is not None else varying_keys(runs))]
     rows: list[dict[str, Any]] = []
     for _, run in runs.iterrows():
         src = open_run(run["run_dir"])

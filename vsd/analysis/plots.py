@@ -31,7 +31,7 @@ from vsd.analysis.aggregate import (  # noqa: E402
     label_keys,
     mean_ci,
 )
-from vsd.analysis.collect import swept_keys  # noqa: E402
+from vsd.analysis.collect import varying_keys  # noqa: E402
 
 STYLE = Path(__file__).with_name("style.mplstyle")
 
@@ -150,7 +150,7 @@ def plot_tau_vs_samples(runs: pd.DataFrame, metric: str = "eval/tau") -> Figure:
     vsd = done[done["loss.name"] == "vsd"]
     if "loss.num_samples" not in vsd or vsd["loss.num_samples"].nunique() < 2:
         raise MissingData("τ vs S: needs VSD runs at two or more loss.num_samples values")
-    keys = [k for k in swept_keys(done) if k != "loss.num_samples"]
+    keys = [k for k in varying_keys(done) if k != "loss.num_samples"]
     agg = aggregate(vsd, by=["method", *keys, "loss.num_samples"], metrics=[metric])
     agg["series"] = [condition_label(r, label_keys(vsd, keys)) for _, r in agg.iterrows()]
     base = aggregate(done[done["loss.name"] == "eagle3"], by=["method", *keys], metrics=[metric])

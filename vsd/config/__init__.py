@@ -6,19 +6,18 @@ import dataclasses
 import itertools
 import math
 from pathlib import Path
-from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from vsd.config.schema import STAGES, Config, ConfigError
+from vsd.config.schema import STAGES, Config
+from vsd.errors import ConfigError, UserError
 
 __all__ = [
     "CONF_DIR",
     "STAGES",
     "Config",
-    "ConfigError",
     "compose",
     "format_error",
     "register",
@@ -148,7 +147,7 @@ def _compose_one(overrides: list[str], config_name: str) -> tuple[DictConfig, Di
     dc = hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
     HydraConfig.instance().set_config(dc)  # lets ${hydra:...} interpolations resolve
     hydra_node = dc.hydra
-    with _open(dc):
+    with open_dict(dc):
         del dc["hydra"]
     OmegaConf.resolve(dc)
     return dc, hydra_node
@@ -210,8 +209,6 @@ def validate_multirun(
     value by value (:func:`sweep_jobs`). Raises :class:`~vsd.errors.UserError` whose message is the config
     error and the failing job's swept values, one line.
     """
-    from vsd.errors import UserError
-
     overrides = list(overrides)
     with _initialize():
         first = [a[0] for a in _axes(overrides).values()]
@@ -229,14 +226,3 @@ def validate_multirun(
                 job = " ".join(combo[i] for i in swept)
                 raise UserError(f"{format_error(e).removeprefix('config error: ')} (sweep job: {job})") from e
     return len(combos)
-
-
-class _open:
-    def __init__(self, cfg: Any):
-        self.cfg = cfg
-
-    def __enter__(self) -> None:
-        OmegaConf.set_struct(self.cfg, False)
-
-    def __exit__(self, *a: Any) -> None:
-        OmegaConf.set_struct(self.cfg, True)

@@ -3,7 +3,7 @@
 Hydra merges every YAML file of `conf/` into these dataclasses, so an unknown key or a value of the wrong type
 fails at compose time with the key's full name. Range and choice checks live in ``__post_init__``; they run
 when :func:`vsd.config.to_config` turns the composed DictConfig into these objects (also at compose time in
-``run.py``'s pre-flight), and raise :class:`ConfigError`, whose message starts with the key.
+``run.py``'s pre-flight), and raise :class:`vsd.errors.ConfigError`, whose message starts with the key.
 """
 
 from __future__ import annotations
@@ -13,13 +13,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-
-class ConfigError(ValueError):
-    """A config value that composes but is invalid. ``str()`` is one line naming the key."""
-
-    def __init__(self, key: str, msg: str):
-        self.key = key
-        super().__init__(f"{key}: {msg}")
+from vsd.errors import ConfigError
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:

@@ -11,6 +11,8 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
+from vsd.data.eval_prompts import all_eval_prompt_texts, load_prompt_file
+
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 
 
@@ -52,16 +54,10 @@ class EvalOverlapIndex:
 def load_eval_texts(user_eval_file: str | None = None) -> tuple[list[str], list[str]]:
     """Every evaluation prompt text (packaged sets, plus the run's own eval prompt file if it names one).
 
-    The evaluation module is imported lazily (it reads package data files). Returns (texts, provenance);
-    a missing evaluation module is not silently ignored: provenance says "unavailable: ..." and the caller
-    records it in the data card.
+    Returns (texts, provenance); the caller records the provenance in the data card.
     """
-    try:
-        from vsd.evaluation.prompts import all_eval_prompt_texts, load_prompt_file
-    except ImportError as e:
-        return [], [f"unavailable: {e}"]
     texts = sorted(t for t in all_eval_prompt_texts() if isinstance(t, str))
-    prov = ["vsd.evaluation.prompts.all_eval_prompt_texts"]
+    prov = ["vsd.data.eval_prompts.all_eval_prompt_texts"]
     if user_eval_file:
         texts += [t for r in load_prompt_file(user_eval_file) for t in r["turns"]]
         prov.append(f"eval.prompts={user_eval_file}")

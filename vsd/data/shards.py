@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from vsd.errors import UserError
 from vsd.files import sha256_file
+from vsd.records import atomic_path, atomic_write_json
 
 
 def content_key(obj: Any, length: int = 16) -> str:
@@ -48,17 +47,8 @@ def shard_name(i: int) -> str:
 
 def save_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> None:
     """Write a safetensors shard atomically (a reader never sees a partial file under ``path``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, suffix=".tmp") as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
 
 
 def load_shard(path: Path, expect_sha256: str | None = None) -> dict[str, torch.Tensor]:
@@ -99,8 +89,6 @@ def write_manifest(d: Path, n_shards: int, extra: dict[str, Any]) -> dict[str, A
         p = d / shard_name(i)
         shards.append({"file": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)})
     man = {"complete": True, "shards": shards, "bytes": sum(s["bytes"] for s in shards), **extra}
-    from vsd.records import atomic_write_json
-
     atomic_write_json(d / "manifest.json", man)
     return man
 

@@ -29,7 +29,7 @@ from typing import Any
 from vsd.config.schema import DatasetConfig
 from vsd.data.disjoint import EvalOverlapIndex, normalize
 from vsd.errors import UserError
-from vsd.files import package_file as _package_file
+from vsd.files import package_file
 
 Prompt = dict[str, Any]  # {"id", "messages": [{"role": "user", "content"}], "source", "response": str | None}
 
@@ -75,10 +75,6 @@ def prompt_text(p: Prompt) -> str:
 
 
 # ============================================================================ ShareGPT
-def package_file(package: str, rel: str) -> Path:
-    return _package_file(package, rel, "dataset.source")
-
-
 def iter_json_list(text: str, path: Path) -> Iterator[tuple[int, Any]]:
     """Stream the elements of a JSON list, yielding (line, element) and stopping at a truncated tail.
 
@@ -128,7 +124,7 @@ def recover_json_list(path: Path) -> tuple[list[tuple[int, Any]], dict[str, Any]
 
 def load_sharegpt(path: Path | None = None) -> tuple[list[Prompt], dict[str, Any]]:
     """ShareGPT conversations that start with a non-empty human turn; that turn is the prompt."""
-    path = path or package_file(SHAREGPT_PACKAGE, SHAREGPT_FILE)
+    path = path or package_file(SHAREGPT_PACKAGE, SHAREGPT_FILE, "dataset.source")
     records, info = recover_json_list(path)
     prompts: list[Prompt] = []
     for _, r in records:

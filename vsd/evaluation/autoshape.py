@@ -104,7 +104,7 @@ def cache_key(target, drafter, dcfg: DecodingConfig) -> dict[str, Any]:
 
 def measure_prompts(target, n: int) -> list[list[int]]:
     """Chat-template ids of the first turns of ``n`` packaged val prompts, spread over the categories."""
-    from vsd.evaluation.prompts import load_suite
+    from vsd.data.eval_prompts import load_suite
 
     ecfg = EvalConfig(suite="specbench_style", split="val", per_category=max(1, math.ceil(n / 5)))
     records = load_suite(ecfg)

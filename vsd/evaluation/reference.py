@@ -270,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     from vsd.config import compose
+    from vsd.data.eval_prompts import load_suite
     from vsd.errors import UserError
-    from vsd.evaluation.prompts import load_suite
     from vsd.models.target import load_target
     from vsd.runtime import resolve_device, set_threads
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vsd.data.eval_prompts import load_suite
 from vsd.errors import UserError
 from vsd.evaluation.autoshape import resolve_shape, shape_metrics
 from vsd.evaluation.costs import cost_metrics, measure_forward_costs
 from vsd.evaluation.metrics import compute_metrics
-from vsd.evaluation.prompts import load_suite
 from vsd.evaluation.runner import EvalRunner
 
 
@@ -31,7 +31,8 @@ def make_drafter(ctx) -> Any:
             "draft.checkpoint: decoding.drafter=eagle3 needs a trained draft (run the train stage or set "
             "draft.checkpoint=DIR), or use decoding=ngram"
         )
-    from vsd.models.draft import load_draft, resolve_draft_dir  # only this drafter needs the model code
+    from vsd.decoding.eagle import load_draft  # only this drafter needs the model code
+    from vsd.models.draft import resolve_draft_dir
 
     path = (
         Path(where)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from vsd.config.schema import LossConfig
+from vsd.models.draft import shift_left
 
 TEACHER_CHUNK = 2048  # positions per LM-head chunk (a 128k target vocab at 2048 rows is ~1 GB fp32)
 
@@ -46,14 +47,6 @@ class DraftVocabTeacher:
         if not out:
             return flat.new_zeros(b, t, self.d2t.numel(), dtype=torch.float32), flat.new_zeros(b, t).bool()
         return torch.cat(out).view(b, t, -1), torch.cat(ok).view(b, t)
-
-
-def shift_left(x: torch.Tensor, n: int) -> torch.Tensor:
-    """x (B, T, ...) -> y with y[:, t] = x[:, t + n], zero/False past the end."""
-    if n == 0:
-        return x
-    pad = torch.zeros_like(x[:, :n])
-    return torch.cat([x[:, n:], pad], dim=1)
 
 
 def finalize_logs(sums: dict[str, float], ttt_steps: int, step_decay: float) -> dict[str, float]:

@@ -44,7 +44,7 @@ from vsd.config.schema import LossConfig
 from vsd.decoding.sampling import warp
 from vsd.decoding.tree_attention import tree_attention_mask
 from vsd.losses.car import car_loss
-from vsd.losses.eagle3 import Eagle3Loss, shift_left
+from vsd.losses.eagle3 import Eagle3Loss
 from vsd.losses.oracle import run_oracle, target_logits_on, tree_oracle
 from vsd.losses.weights import (
     Weights,
@@ -53,6 +53,8 @@ from vsd.losses.weights import (
     kept_token_mask,
     sample_acceptance,
 )
+from vsd.models.draft import shift_left
+from vsd.models.tree_draft import grow_anchor_trees
 
 
 def select_anchors(
@@ -292,8 +294,6 @@ class VSDLoss(Eagle3Loss):
         """``loss.estep=tree``: the greedy tree decoding would draft after each anchor (depth ``loss.depth``,
         ``tree_top_k`` children, ``tree_total_tokens`` nodes), scored by the greedy oracle in one forward; the
         accepted path (the one decoding would accept) is the anchor's single kept sample (S = 1, weight 1)."""
-        from vsd.models.tree_draft import grow_anchor_trees
-
         cfg = self.cfg
         B, A = anchors.shape
         D = cfg.depth

@@ -13,7 +13,6 @@ target's, frozen, and is not saved with the draft (it is copied from the target 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import warnings
@@ -27,10 +26,20 @@ from torch import nn
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, LlamaRotaryEmbedding, apply_rotary_pos_emb
 
 from vsd.errors import UserError
+from vsd.files import sha256_file
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.safetensors"
+
+
+def shift_left(x: torch.Tensor, n: int) -> torch.Tensor:
+    """x (B, T, ...) -> y with y[:, t] = x[:, t + n], zero/False past the end: the head's input alignment
+    (step k at position t reads token x_{t+k+1}: ``shift_left(input_ids, k + 1)``)."""
+    if n == 0:
+        return x
+    pad = torch.zeros_like(x[:, :n])
+    return torch.cat([x[:, n:], pad], dim=1)
 
 
 @dataclass
@@ -417,7 +426,7 @@ class DraftHead(nn.Module):
         save_file({"d2t": self.d2t.cpu(), "t2d": self.t2d.cpu()}, str(out / VOCAB_FILE))
         meta = {"format": "vsd-eagle3-head", "version": 1, "head": asdict(self.hc)}
         meta["trainable_parameters"] = self.num_trainable_parameters()
-        meta["sha256"] = {f: file_sha256(out / f) for f in CHECKED_FILES}
+        meta["sha256"] = {f: sha256_file(out / f) for f in CHECKED_FILES}
         (out / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
         return out
 
@@ -467,15 +476,6 @@ _RESTORE_HINT = (
 _WARNED_UNCHECKED: set[str] = set()
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _check_files(ckpt: Path, recorded: dict[str, str] | None) -> None:
     """Compare each weight file with its recorded sha256; warn once per checkpoint saved without them."""
     if not recorded:
@@ -491,7 +491,7 @@ def _check_files(ckpt: Path, recorded: dict[str, str] | None) -> None:
         f = ckpt / name
         want = recorded.get(name)
         try:
-            got = file_sha256(f)
+            got = sha256_file(f)
         except OSError as e:
             raise UserError(f"draft checkpoint {f}: unreadable ({e.strerror or e}); {_RESTORE_HINT}") from e
         if want is None:
@@ -529,19 +529,6 @@ def build_head(target, dcfg, d2t: torch.Tensor, seed: int | None = None) -> Draf
     return head.to(target.device)
 
 
-def vocab_from_counts(counts: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
-    """Draft vocab of the ``size`` most frequent target ids (ties: lower id first). counts (V,) ->
-    {d2t (size,) sorted target ids, t2d (V,) draft id or -1, coverage () fraction of counted tokens}."""
-    counts = torch.as_tensor(counts, dtype=torch.float64)
-    size = min(size, counts.numel())
-    order = torch.argsort(-counts, stable=True)[:size]
-    d2t = order.sort().values
-    t2d = torch.full((counts.numel(),), -1, dtype=torch.long)
-    t2d[d2t] = torch.arange(size)
-    total = counts.sum().clamp_min(1)
-    return {"d2t": d2t, "t2d": t2d, "coverage": counts[d2t].sum() / total}
-
-
 SHIPPED = "shipped"
 DRAFTS_DIR = Path(__file__).resolve().parents[1] / "drafts"  # drafts shipped with vsd (package data)
 
@@ -560,10 +547,3 @@ def resolve_draft_dir(value: str, model_cfg, key: str) -> Path:
             f"{key}: the shipped draft {d} is missing (restore it: git checkout -- vsd/drafts/{base})"
         )
     return d
-
-
-def load_draft(path: str | Path, target, device: str | torch.device | None = None):
-    """A saved draft dir -> an EagleDrafter (vsd.decoding Drafter protocol) on ``device`` (target's default)."""
-    from vsd.models.drafter_eagle import EagleDrafter
-
-    return EagleDrafter(DraftHead.load(path, target, device=device or target.device), target.dtype)

