@@ -60,6 +60,20 @@ BAD = [
     (["+loss.nosuchkey=1"], "loss.nosuchkey"),  # Hydra's '+' adds keys past the struct flag
     (["++model.draft.nosuchkey=1"], "model.draft.nosuchkey"),
     (["+nosuchkey=1"], "nosuchkey"),
+    # the regime keys (issue 17): each bad value is one line naming its key
+    (["dataset.responses=human"], "dataset.responses"),
+    (["loss.estep=beam"], "loss.estep"),
+    (["loss.estep=tree", "loss.verify_temperature=1.0"], "loss.estep"),  # the tree E-step is greedy only
+    (["loss.acceptance=mean"], "loss.acceptance"),
+    (["loss.vsd_norm=batch"], "loss.vsd_norm"),
+    (["loss.tree_top_k=0"], "loss.tree_top_k"),
+    (["loss.grad_cosine_every=-1"], "loss.grad_cosine_every"),
+    (["regime=nope"], "regime/nope"),
+    (["eval.method=sampled"], "eval.method"),
+    (["eval.method=reference", "decoding.temperature=1.0"], "eval.method"),  # reference is T=0 only
+    (["decoding.shape=best"], "decoding.shape"),
+    (["decoding.ngram_branch=-2"], "decoding.ngram_branch"),
+    (["train.features_batch_size=0"], "train.features_batch_size"),
 ]
 
 
