@@ -1,6 +1,6 @@
 """Cost of loss=vsd versus loss=eagle3 on the default target: training tokens/s and E-step seconds per S.
 
-    .venv/bin/python benchmarks/vsd_cost.py --batch 2 --seq-len 256 --steps 2 --samples 1 4 16 40
+    .venv/bin/python benchmarks/vsd_cost.py --batch 2 --seq-len 256 --steps 2 --samples 1 4 16 40 [--tree]
 
 Batch: real text through the default target's chat template (a user turn + a fixed English passage as the
 response; generating the target's own response first would cost minutes and changes nothing measured here).
@@ -46,7 +46,13 @@ def main() -> None:
     ap.add_argument("--anchors", type=int, default=8)
     ap.add_argument("--depth", type=int, default=5)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument(
+        "--tree", action="store_true", help="also the tree E-step (loss.estep=tree, 8 x 32 trees)"
+    )
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from vsd.config import compose
     from vsd.data.vocab import build_vocab, token_counts
@@ -63,7 +69,9 @@ def main() -> None:
     batch = {k: v.to(args.device) for k, v in collate(items).items()}
     n_resp = int(batch["loss_mask"].sum())
 
-    settings = [("eagle3", None)] + [("vsd", s) for s in args.samples]
+    settings = (
+        [("eagle3", None)] + [("vsd", s) for s in args.samples] + ([("vsd-tree", 1)] if args.tree else [])
+    )
     rows = []
     for name, S in settings:
         over = (
@@ -75,6 +83,7 @@ def main() -> None:
                 f"loss.num_samples={S}",
                 f"loss.anchors_per_seq={args.anchors}",
                 f"loss.depth={args.depth}",
+                *(["loss.estep=tree"] if name == "vsd-tree" else []),
             ]
         )
         lcfg = compose(over)[0][1].loss
@@ -105,10 +114,11 @@ def main() -> None:
         f"{args.batch} x {batch['input_ids'].shape[1]} tokens ({n_resp} response tokens), anchors "
         f"{args.anchors}, depth {args.depth}\n"
     )
-    print("| loss | S | s/step | E-step s/step | response tokens/s |")
-    print("|---|---|---|---|---|")
+    print("| loss | S | s/step | E-step s/step | response tokens/s | × EAGLE-3 step |")
+    print("|---|---|---|---|---|---|")
     for name, S, st, es, tps in rows:
-        print(f"| {name} | {S if S else '-'} | {st:.2f} | {es:.2f} | {tps:.1f} |")
+        label = "tree" if name == "vsd-tree" else (S if S else "-")
+        print(f"| {name.split('-')[0]} | {label} | {st:.2f} | {es:.2f} | {tps:.1f} | {st / rows[0][2]:.2f} |")
 
 
 if __name__ == "__main__":
