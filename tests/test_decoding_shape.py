@@ -163,8 +163,9 @@ def test_measured_auto_shape_on_the_tiny_model(tiny_drafter, tmp_path, monkeypat
 
 def test_fixed_shape_and_drafters_without_a_model(tiny_drafter):
     cfg, target, drafter = tiny_drafter
-    d, info = autoshape.resolve_shape(target, drafter, cfg.decoding, None)
-    assert d is cfg.decoding and info == {"mode": "fixed", "depth": 5, "top_k": 8, "nodes": 32}
+    fixed = dataclasses.replace(cfg.decoding, shape="fixed")  # the default tree is auto
+    d, info = autoshape.resolve_shape(target, drafter, fixed, None)
+    assert d is fixed and info == {"mode": "fixed", "depth": 5, "top_k": 8, "nodes": 32}
     assert "eval/shape_pred_tau" not in autoshape.shape_metrics(info)
     from vsd.decoding.ngram import NgramDrafter
 
