@@ -145,7 +145,8 @@ def main() -> int:
             for r in (*DATA_REGIMES, "tree"):
                 for a in ("regime_eagle3", "regime_vsd") if r != "tree" else ("regime_vsd",):
                     d = root / r / arm_dir[a] / f"seed{s}"
-                    ov = [*exp("regime_base", r), "stages=[eval]", f"draft.checkpoint={d / 'draft'}", *T1]
+                    ov = [*exp("regime_base", r, s), "stages=[eval]", f"draft.checkpoint={d / 'draft'}", *T1]
+                    ov.append(f"run_name=regime-{r}-{arm_dir[a].replace('_', '-')}")  # the arm, not the base
                     jobs.append((ov, d / "t1"))
         failed += run_phase("phase 3: T=1 decoded evals", jobs, args.jobs, log_dir)
     print(f"[regimes] done; {len(failed)} failed: {failed}", flush=True)

@@ -33,6 +33,7 @@ def test_pooled_seed_variance_uses_arms_with_several_seeds():
     df = pd.DataFrame(
         {
             "regime": ["r"] * 5,
+            "T": [0.0] * 5,
             "arm": ["vsd", "vsd", "vsd", "eagle3", "base"],
             "eval/tau": [1.0, 1.2, 1.1, 5.0, 9.0],
         }

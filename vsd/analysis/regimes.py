@@ -94,6 +94,7 @@ def load(runs_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, dict[str, pd.Da
     df = df[(df["status"] == "completed") & df["run_name"].astype(str).str.startswith("regime-")].copy()
     df["regime"] = df["extra.regime"].astype(str)
     df["arm"] = [_arm(n, r) for n, r in zip(df["run_name"], df["regime"])]
+    df["T"] = df["decoding.temperature"].astype(float)
     df = df[df["arm"].notna()].copy()
     turns: dict[str, pd.DataFrame] = {}
     for i, run in df.iterrows():
@@ -112,16 +113,16 @@ def load(runs_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, dict[str, pd.Da
     return df, turns
 
 
-def _runs(df: pd.DataFrame, regime: str, arm: str) -> pd.DataFrame:
+def _runs(df: pd.DataFrame, regime: str, arm: str, T: float = 0.0) -> pd.DataFrame:
     if arm in ("eagle3", "eagle3-time", "power", "base") and regime == "tree":
         regime = "control"  # the tree regime shares the control's data, base and EAGLE-3 arms
-    return df[(df["regime"] == regime) & (df["arm"] == arm)].sort_values("seed")
+    return df[(df["regime"] == regime) & (df["arm"] == arm) & (df["T"] == T)].sort_values("seed")
 
 
 def pooled_seed_var(df: pd.DataFrame) -> tuple[float, int]:
     """Seed variance of eval/tau pooled over every (regime, arm) with >= 2 seeds, and its degrees of freedom."""
     ss, dof = 0.0, 0
-    for _, g in df[df["arm"] != "base"].groupby(["regime", "arm"]):
+    for _, g in df[df["arm"] != "base"].groupby(["regime", "arm", "T"]):
         x = g["eval/tau"].astype(float).to_numpy()
         if len(x) >= 2:
             ss += float(((x - x.mean()) ** 2).sum())
@@ -180,42 +181,46 @@ def comparisons(df: pd.DataFrame, turns: dict[str, pd.DataFrame]) -> list[dict]:
         ("power control: half steps − EAGLE-3", "power", "eagle3"),
         ("EAGLE-3 − base (the arms' 400 steps)", "eagle3", "base"),
     ]
-    for r in REGIMES:
-        for label, a, b in plan:
-            if r == "tree" and a != "vsd":
-                continue  # the tree regime's EAGLE-3 arms and base are the control's
-            c = compare(df, turns, _runs(df, r, a), _runs(df, r, b), seed_var, rng)
-            if c is not None:
-                rows.append({"regime": r, "label": label, **c})
+    for T in sorted(df["T"].unique()):
+        for r in REGIMES:
+            for label, a, b in plan:
+                if r == "tree" and a != "vsd":
+                    continue  # the tree regime's EAGLE-3 arms and base are the control's
+                c = compare(df, turns, _runs(df, r, a, T), _runs(df, r, b, T), seed_var, rng)
+                if c is not None:
+                    rows.append({"T": T, "regime": r, "label": label, **c})
     return rows
 
 
 def arms_table(df: pd.DataFrame) -> list[str]:
     out = [
-        "| regime | arm | seeds | τ (mean ± 95% CI over seeds) | train s | accepted_not_top1 | ECE |",
-        "|---|---|---|---|---|---|---|",
+        "| T | regime | arm | seeds | τ (mean ± 95% CI over seeds) | train s | accepted_not_top1 | ECE |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for r in REGIMES:
-        for arm, name in ARMS.items():
-            g = df[(df["regime"] == r) & (df["arm"] == arm)]
-            if not len(g):
-                continue
-            m, h, _, n = mean_ci(g["eval/tau"])
-            tau = f"{m:.3f}" + (f" ± {h:.3f}" if math.isfinite(h) else "")
-            secs = f"{g['train/seconds'].mean():.0f}" if "train/seconds" in g else "–"
-            cells = [
-                f"{g[k].mean():.3f}" if k in g and g[k].notna().any() else "–"
-                for k in ("eval/accepted_not_top1", "eval/ece")
-            ]
-            seeds = ",".join(str(int(s)) for s in sorted(g["seed"]))
-            out.append(f"| {r} | {name} | {seeds} | {tau} | {secs} | {cells[0]} | {cells[1]} |")
+    for T in sorted(df["T"].unique()):
+        for r in REGIMES:
+            for arm, name in ARMS.items():
+                g = df[(df["regime"] == r) & (df["arm"] == arm) & (df["T"] == T)]
+                if not len(g):
+                    continue
+                m, h, _, n = mean_ci(g["eval/tau"])
+                tau = f"{m:.3f}" + (f" ± {h:.3f}" if math.isfinite(h) else "")
+                train_s = g["train/seconds"].mean() if "train/seconds" in g else math.nan
+                secs = f"{train_s:.0f}" if math.isfinite(train_s) else "–"  # eval-only runs: no training
+                cells = [
+                    f"{g[k].mean():.3f}" if k in g and g[k].notna().any() else "–"
+                    for k in ("eval/accepted_not_top1", "eval/ece")
+                ]
+                seeds = ",".join(str(int(s)) for s in sorted(g["seed"]))
+                out.append(f"| {T:g} | {r} | {name} | {seeds} | {tau} | {secs} | {cells[0]} | {cells[1]} |")
     return out
 
 
 def comparisons_table(rows: list[dict]) -> list[str]:
     out = [
-        "| regime | comparison | Δτ | Δτ % | by seed (n) | by prompt, 95% | combined, 95% | detectable (80% power) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| T | regime | comparison | Δτ | Δτ % | by seed (n) | by prompt, 95% | combined, 95% | "
+        "detectable (80% power) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in rows:
         seed = (
@@ -229,7 +234,7 @@ def comparisons_table(rows: list[dict]) -> list[str]:
         comb = f"[{_fmt(c.get('lo'))}, {_fmt(c.get('hi'))}]"
         mde = f"{_fmt(c.get('mde'), signed=False)} ({100 * c.get('mde', math.nan) / (c['diff'] / c['rel']) if c['rel'] else math.nan:.1f}%)"
         out.append(
-            f"| {c['regime']} | {c['label']} | {_fmt(c['diff'])} | {100 * c['rel']:+.1f}% | {seed} | {prompt} | "
+            f"| {c['T']:g} | {c['regime']} | {c['label']} | {_fmt(c['diff'])} | {100 * c['rel']:+.1f}% | {seed} | {prompt} | "
             f"{comb} | {mde} |"
         )
     return out
@@ -259,7 +264,8 @@ def figures(df: pd.DataFrame, diag: pd.DataFrame, rows: list[dict], out: Path) -
     main = [
         c
         for c in rows
-        if c["label"].startswith("VSD − EAGLE-3 (equal steps)") or c["label"].startswith("power")
+        if c["T"] == 0
+        and (c["label"].startswith("VSD − EAGLE-3 (equal steps)") or c["label"].startswith("power"))
     ]
     if main:
         with style():
@@ -279,7 +285,7 @@ def figures(df: pd.DataFrame, diag: pd.DataFrame, rows: list[dict], out: Path) -
             ax.set_xticks(range(len(main)), labels, fontsize=8)
             ax.set_ylabel("Δτ vs EAGLE-3 (%), combined 95% CI")
             made["regimes_delta_tau"] = str(save_figure(fig, out, "regimes_delta_tau")[-1])
-    vsd = df.loc[df["arm"] == "vsd", ["regime", "seed", "eval/tau"]].merge(
+    vsd = df.loc[(df["arm"] == "vsd") & (df["T"] == 0), ["regime", "seed", "eval/tau"]].merge(
         diag[["regime", "seed", "train/vsd/novel_frac"]], on=["regime", "seed"]
     )
     if len(vsd):
@@ -297,6 +303,23 @@ def figures(df: pd.DataFrame, diag: pd.DataFrame, rows: list[dict], out: Path) -
             ax.set_ylabel("VSD τ vs EAGLE-3 τ (%), per seed")
             ax.legend(fontsize=8)
             made["regimes_delta_vs_novel"] = str(save_figure(fig, out, "regimes_delta_vs_novel")[-1])
+    arms = df[(df["T"] == 0) & df["arm"].isin(["base", "eagle3", "vsd"])]
+    if len(arms) and "eval/accepted_not_top1" in arms and arms["eval/accepted_not_top1"].notna().any():
+        with style():
+            fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4))
+            names = [("base", "base (before)"), ("eagle3", "EAGLE-3"), ("vsd", "VSD")]
+            regs = [r for r in REGIMES if len(arms[arms["regime"] == r])]
+            for ax, key, ylabel in (
+                (axes[0], "eval/accepted_not_top1", "steps accepting off the top-1 chain"),
+                (axes[1], "eval/ece", "calibration error (ECE)"),
+            ):
+                for i, (arm, label) in enumerate(names):
+                    ys = [_runs(df, r, arm)[key].mean() for r in regs]
+                    ax.bar(np.arange(len(regs)) + (i - 1) * 0.27, ys, width=0.27, label=label)
+                ax.set_xticks(range(len(regs)), regs, fontsize=8)
+                ax.set_ylabel(ylabel)
+            axes[0].legend(fontsize=7)
+            made["regimes_rank_calibration"] = str(save_figure(fig, out, "regimes_rank_calibration")[-1])
     return made
 
 
@@ -313,11 +336,11 @@ def render(
         f"eval: {n_turns} test prompt turns per run, T=0 by eval.method=reference. Seed SD of τ pooled over "
         f"arms with ≥ 2 seeds: {math.sqrt(seed_var):.4f} ({dof} degrees of freedom).",
         "",
-        "### Arms (T=0)",
+        "### Arms (τ at T=0 by eval.method=reference; T=1 rows decode a subset)",
         "",
         *arms_table(df),
         "",
-        "### Differences (T=0; by seed, by prompt and combined intervals: see vsd/analysis/regimes.py)",
+        "### Differences (by seed, by prompt and combined intervals: see vsd/analysis/regimes.py)",
         "",
         *comparisons_table(rows),
         "",
