@@ -10,7 +10,8 @@ Phases, each waiting for the previous one:
      shared by every later eval: python -m vsd.evaluation.reference);
   2. every arm (experiment=regime_{eagle3,vsd,eagle3_time,power}) x regime x seed: train, then the T=0
      reference eval (eval=regimes); the tree regime runs only its VSD arm (its EAGLE-3 arms are the control's);
-  3. T=1 decoded evals of the EAGLE-3 and VSD arms (a subset of the prompts: T=1 cannot use the reference).
+  3. T=1 decoded evals of the EAGLE-3 and VSD arms (a subset of the prompts: T=1 cannot use the reference);
+     with phase 2 in the same call, each arm's T=1 eval follows it in the same worker (no idle tail).
 A job whose run.json says completed is skipped, so rerunning continues after a stop (each training resumes
 from its own checkpoint). Jobs write under --root (default outputs/regimes); logs in <root>/logs/.
 """
@@ -78,14 +79,31 @@ def job(overrides: list[str], run_dir: Path, log_dir: Path) -> tuple[str, int, f
     return name, rc, time.time() - t0
 
 
-def run_phase(label: str, jobs: list[tuple[list[str], Path]], workers: int, log_dir: Path) -> list[str]:
-    print(f"[regimes] {label}: {len(jobs)} jobs, {workers} at once", flush=True)
+Job = tuple[list[str], Path]
+
+
+def chain(jobs: list[Job], log_dir: Path) -> list[tuple[str, int, float]]:
+    """Run jobs one after another (a T=1 eval after the arm it evaluates); stop at the first failure."""
+    done = []
+    for overrides, run_dir in jobs:
+        done.append(job(overrides, run_dir, log_dir))
+        if done[-1][1]:
+            break
+    return done
+
+
+def run_phase(label: str, chains: list[list[Job]], workers: int, log_dir: Path) -> list[str]:
+    print(f"[regimes] {label}: {sum(map(len, chains))} jobs, {workers} at once", flush=True)
     failed = []
     with cf.ThreadPoolExecutor(workers) as pool:
-        for name, rc, secs in pool.map(lambda j: job(j[0], j[1], log_dir), jobs):
-            print(f"[regimes]   {name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} {secs:.0f}s", flush=True)
-            if rc:
-                failed.append(name)
+        for results in pool.map(lambda c: chain(c, log_dir), chains):
+            for name, rc, secs in results:
+                print(
+                    f"[regimes]   {name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} {secs:.0f}s",
+                    flush=True,
+                )
+                if rc:
+                    failed.append(name)
     return failed
 
 
@@ -125,30 +143,36 @@ def main() -> int:
             stdout=open(log_dir / "references.log", "w"),
             stderr=subprocess.STDOUT,
         )
-        jobs = [(exp("regime_base", r), root / r / "base") for r in DATA_REGIMES]
-        failed += run_phase("phase 1: data, features, bases, references", jobs, args.jobs, log_dir)
+        bases = [[(exp("regime_base", r), root / r / "base")] for r in DATA_REGIMES]
+        failed += run_phase("phase 1: data, features, bases, references", bases, args.jobs, log_dir)
         if refs.wait():
             failed.append("references")
+
+    def t1(r: str, arm: str, s: int) -> Job:
+        d = root / r / arm_dir[arm] / f"seed{s}"
+        ov = [*exp("regime_base", r, s), "stages=[eval]", f"draft.checkpoint={d / 'draft'}", *T1]
+        ov.append(f"run_name=regime-{r}-{arm_dir[arm].replace('_', '-')}")  # the arm, not the base
+        return ov, d / "t1"
+
+    arms = [(r, a, s) for s in seeds for r in DATA_REGIMES for a in ARMS]
+    arms += [("tree", "regime_vsd", s) for s in seeds]  # the tree regime's EAGLE-3 arms are the control's
+    arms.sort(key=lambda x: x[1] != "regime_vsd")  # the slowest (VSD) first: a shorter tail
+    with_t1 = {"regime_eagle3", "regime_vsd"}
     if 2 in phases:
-        jobs = [
-            (exp(a, r, s), root / r / arm_dir[a] / f"seed{s}")
-            for s in seeds
-            for r in DATA_REGIMES
-            for a in ARMS
+        chains = [
+            [
+                (exp(a, r, s), root / r / arm_dir[a] / f"seed{s}"),
+                *([t1(r, a, s)] if 3 in phases and a in with_t1 else []),
+            ]
+            for r, a, s in arms
         ]
-        jobs += [(exp("regime_vsd", "tree", s), root / "tree" / "vsd" / f"seed{s}") for s in seeds]
-        jobs.sort(key=lambda j: "vsd" not in j[1].parts)  # the slowest (VSD) first: a shorter tail
-        failed += run_phase("phase 2: arms (train + T=0 reference eval)", jobs, args.jobs, log_dir)
-    if 3 in phases:
-        jobs = []
-        for s in seeds:
-            for r in (*DATA_REGIMES, "tree"):
-                for a in ("regime_eagle3", "regime_vsd") if r != "tree" else ("regime_vsd",):
-                    d = root / r / arm_dir[a] / f"seed{s}"
-                    ov = [*exp("regime_base", r, s), "stages=[eval]", f"draft.checkpoint={d / 'draft'}", *T1]
-                    ov.append(f"run_name=regime-{r}-{arm_dir[a].replace('_', '-')}")  # the arm, not the base
-                    jobs.append((ov, d / "t1"))
-        failed += run_phase("phase 3: T=1 decoded evals", jobs, args.jobs, log_dir)
+        label = "phase 2: arms (train + T=0 reference eval)" + (
+            ", each followed by its T=1 eval" if 3 in phases else ""
+        )
+        failed += run_phase(label, chains, args.jobs, log_dir)
+    elif 3 in phases:
+        chains = [[t1(r, a, s)] for r, a, s in arms if a in with_t1]
+        failed += run_phase("phase 3: T=1 decoded evals", chains, args.jobs, log_dir)
     print(f"[regimes] done; {len(failed)} failed: {failed}", flush=True)
     return 1 if failed else 0
 

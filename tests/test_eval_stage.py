@@ -196,3 +196,20 @@ def test_reference_eval_refuses_too_long_turns_by_the_same_rule(tmp_path):
     assert rows[("two", 1)]["skipped"].startswith("follows skipped turn 0")
     assert rows[("short", 0)]["spec"]["new_tokens"] > 0
     assert metrics["eval/skipped_too_long"] == 2 and metrics["eval/num_turns"] == 1
+
+
+def test_the_references_command_counts_skipped_turns(tmp_path, capsys):
+    """`python -m vsd.evaluation.reference` on a suite with a turn too long for the context: the cache is built
+    and the summary line counts the skipped turns (it used to raise KeyError on them)."""
+    from vsd.evaluation.reference import main
+
+    records = [{"id": "short", "turns": ["Say hi."]}, {"id": "long", "turns": [LONG]}]
+    prompts = _prompt_file(tmp_path / "prompts.jsonl", records)
+    over = ["experiment=smoke", "eval.suite=file", f"eval.prompts={prompts}", "eval.method=reference"]
+    threads = torch.get_num_threads()
+    try:
+        rc = main([*over, "threads=1", "decoding.max_new_tokens=8", f"paths.cache_dir={tmp_path / 'cache'}"])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    assert ", 1 skipped (key " in capsys.readouterr().out.strip().splitlines()[-1]

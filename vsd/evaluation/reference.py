@@ -290,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     key = reference_key(target, records, cfg.decoding, cfg.eval)
-    print(f"[vsd] references: {len(refs)} turns, {sum(len(r['new_ids']) for r in refs)} tokens (key {key})")
+    kept = [r for r in refs if "skipped" not in r]  # a turn too long for the context has no continuation
+    tokens = sum(len(r["new_ids"]) for r in kept)
+    print(f"[vsd] references: {len(kept)} turns, {tokens} tokens, {len(refs) - len(kept)} skipped (key {key})")
     return 0
 
 
