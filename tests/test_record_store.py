@@ -122,6 +122,22 @@ def test_single_run_part_expands_back(tmp_path: Path, monkeypatch: pytest.Monkey
     assert_same_frames(tmp_path / "raw", tmp_path / "expanded", "run", monkeypatch)
 
 
+def test_a_run_inside_a_run_is_its_own_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A T=1 eval written into its arm's folder (scripts/run_regimes.py: <arm>/seed0/t1) is a run of its own,
+    in the raw folders and after compaction; a DDP rank folder (rank1/run.json) stays part of its run."""
+    arm = write_run(tmp_path / "raw" / "part" / "vsd" / "seed0", seed=0)
+    write_run(arm / "t1", seed=1)
+    (arm / "rank1").mkdir()
+    (arm / "rank1" / "run.json").write_text(json.dumps({"status": "completed", "rank": 1}))
+    done = compact(tmp_path / "raw" / "part", tmp_path / "kept" / "part")
+    assert done.runs == 2
+    rows = [json.loads(line) for line in (tmp_path / "kept" / "part" / RUNS_FILE).read_text().splitlines()]
+    assert [r["path"] for r in rows] == ["vsd/seed0", "vsd/seed0/t1"]
+    assert "rank1/run.json" in rows[0]["files"] and not any(k.startswith("t1/") for k in rows[0]["files"])
+    runs, _, _ = assert_same_frames(tmp_path / "raw", tmp_path / "kept", "part", monkeypatch)
+    assert sorted(runs["seed"]) == [0, 1]
+
+
 def test_optuna_study_becomes_trial_rows(tmp_path: Path) -> None:
     import optuna
 

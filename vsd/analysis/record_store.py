@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -40,6 +41,7 @@ RUNS_FILE, PART_FILE, TRIALS_FILE = "runs.jsonl", "part.json", "trials.jsonl"
 FORMAT = 1  # part.json's "format": bump when the layout above changes
 
 # Record files whose presence marks a folder as (a piece of) a run directory.
+RANK_DIR = re.compile(r"rank[0-9]+")  # vsd.pipeline: the records of DDP rank N > 0
 RECORD_FILES = ("run.json", "config.json", "metrics.json", "eval.jsonl", "train_log.jsonl")
 # Folders that are never kept: Hydra's config copies, W&B's offline runs, draft weights, caches.
 SKIP_DIRS = (".hydra", "wandb", "draft", "__pycache__")
@@ -102,9 +104,10 @@ def find_run_dirs(paths: str | Path | Iterable[str | Path]) -> list[Path]:
                 # Hydra's own folder and W&B's offline folders hold no vsd records.
                 if not any(part in (".hydra", "wandb") for part in f.relative_to(root).parts[:-1]):
                     found.add(f.parent)
-    # Folders inside a run directory (e.g. the draft checkpoint's config.json) belong to that run.
-    runs = {d for d in found if (d / "run.json").is_file()}
-    return sorted(d for d in found if not any(p in runs for p in d.parents))
+    # Folders inside a run directory (the draft checkpoint's config.json, a DDP rank's rank<N>/run.json) belong
+    # to that run, unless they are runs of their own (a T=1 eval of a regime arm's draft in <arm run>/t1).
+    runs = {d for d in found if (d / "run.json").is_file() and not RANK_DIR.fullmatch(d.name)}
+    return sorted(d for d in found if d in runs or not any(p in runs for p in d.parents))
 
 
 @dataclass(frozen=True, eq=False)
