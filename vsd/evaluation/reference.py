@@ -292,7 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     key = reference_key(target, records, cfg.decoding, cfg.eval)
     kept = [r for r in refs if "skipped" not in r]  # a turn too long for the context has no continuation
     tokens = sum(len(r["new_ids"]) for r in kept)
-    print(f"[vsd] references: {len(kept)} turns, {tokens} tokens, {len(refs) - len(kept)} skipped (key {key})")
+    print(
+        f"[vsd] references: {len(kept)} turns, {tokens} tokens, {len(refs) - len(kept)} skipped (key {key})"
+    )
     return 0
 
 
