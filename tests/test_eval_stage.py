@@ -213,3 +213,91 @@ def test_the_references_command_counts_skipped_turns(tmp_path, capsys):
         torch.set_num_threads(threads)
     assert rc == 0
     assert ", 1 skipped (key " in capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def _without_timing(row: dict) -> dict:
+    """A row minus what depends on the clock (and the reused-row key, equal by construction)."""
+    drop = {"wall_s", "draft_s"}
+    return {
+        k: ({kk: vv for kk, vv in v.items() if kk not in drop} if isinstance(v, dict) else v)
+        for k, v in row.items()
+        if k != "peers"
+    }
+
+
+def test_an_interrupted_eval_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """Stopped after four turns and rerun into the same run dir, a T=1 eval decodes only the turns it had not
+    finished, and its rows equal a straight run's (sampling seeds depend on the prompt and turn alone; turn 2
+    is conditioned on the reused turn-1 answer)."""
+    from vsd.evaluation.runner import EvalRunner
+
+    records = [
+        {"id": "a", "turns": ["Say hi.", "And then?"]},
+        {"id": "b", "turns": ["Count to five."]},
+        {"id": "c", "turns": ["Name a colour.", "Why that one?"]},
+    ]
+    prompts = _prompt_file(tmp_path / "prompts.jsonl", records)
+    overrides = [
+        "experiment=smoke",
+        "decoding=ngram",
+        "decoding.temperature=1.0",
+        "stages=[eval]",
+        "eval.suite=file",
+        f"eval.prompts={prompts}",
+        "eval.per_category=10",
+        "eval.warmup=0",
+        "eval.peers=[]",
+        "decoding.max_new_tokens=8",
+        "threads=1",
+    ]
+    dcfg, _ = compose(overrides)[0]
+    threads = torch.get_num_threads()
+    calls = []
+    real_turn = EvalRunner.run_turn
+
+    def counted(self, record, turn, ids):
+        calls.append((record["id"], turn))
+        if stop_after is not None and len(calls) > stop_after:
+            raise KeyboardInterrupt
+        return real_turn(self, record, turn, ids)
+
+    monkeypatch.setattr(EvalRunner, "run_turn", counted)
+    try:
+        stop_after = None
+        straight = execute(dcfg, tmp_path / "straight")
+        total = len(calls)
+        assert total == 5
+        calls.clear()
+        stop_after = 4  # c's first turn done, its second (conditioned on the first) not
+        with pytest.raises(KeyboardInterrupt):
+            execute(dcfg, tmp_path / "resumed")
+        assert json.loads((tmp_path / "resumed" / "run.json").read_text())["status"] == "failed"
+        calls.clear()
+        stop_after = None
+        resumed = execute(dcfg, tmp_path / "resumed")
+    finally:
+        torch.set_num_threads(threads)
+    assert calls == [("c", 1)]  # the four finished turns were not decoded again
+
+    def rows(d):
+        return [_without_timing(json.loads(x)) for x in (tmp_path / d / "eval.jsonl").read_text().splitlines()]
+
+    assert rows("resumed") == rows("straight")
+    assert resumed["eval/tau"] == straight["eval/tau"]
+    run = json.loads((tmp_path / "resumed" / "run.json").read_text())
+    assert run["status"] == "completed" and run["eval_info"]["resumed_turns"] == 4
+
+
+def test_rows_of_other_settings_are_not_reused(tmp_path):
+    from vsd.evaluation.stage import resumable_rows
+
+    out = tmp_path / "eval.jsonl"
+    out.write_text(
+        json.dumps({"id": "a", "turn": 0, "eval_key": "k1"})
+        + "\n"
+        + json.dumps({"id": "b", "turn": 0, "eval_key": "k2"})
+        + '\n{"id": "c", "tu'  # the line being written when the run stopped
+    )
+    assert list(resumable_rows(out, "k1")) == [("a", 0)]
+    assert out.read_text() == json.dumps({"id": "a", "turn": 0, "eval_key": "k1"}) + "\n"
+    assert resumable_rows(tmp_path / "none.jsonl", "k1") == {}

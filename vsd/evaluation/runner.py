@@ -10,8 +10,10 @@ A row of ``eval.jsonl`` (one per prompt turn):
    "spec": {"new_tokens", "target_forwards", "wall_s", "draft_s", "drafted", "accepted", "tree_depth", "ids",
             "accepted_ranks", "calib", "rank_counts"},
    "peers": {name: {"new_tokens", "target_forwards", "wall_s", "match"} | {"skipped": reason}},
-   "match": bool | None, "diverge_at": int | None, "diverge_gap": float | None, "near_tie": bool | None}``
-``match`` (T=0 only) says whether the speculative ids equal the AR ids; at the first differing index,
+   "match": bool | None, "diverge_at": int | None, "diverge_gap": float | None, "near_tie": bool | None,
+   "eval_key": str}``
+``eval_key`` names the settings the row was made with (vsd.evaluation.stage.eval_key): rerunning an
+interrupted run reuses its finished rows with the same key and decodes the rest. ``match`` (T=0 only) says whether the speculative ids equal the AR ids; at the first differing index,
 ``diverge_gap`` is the AR top-1 minus top-2 logit gap there and ``near_tie`` whether it is below
 ``decoding.near_tie_eps`` or equal to it (bf16 kernels may flip a near-tie; see method.md "Metrics").
 ``accepted_ranks`` holds, per verification step, the draft's sibling ranks along the accepted path (empty when
@@ -191,12 +193,16 @@ class EvalRunner:
         assistant_model=None,
         assistant_skip_reason: str = "no same-tokenizer assistant model",
         peer_dcfg: DecodingConfig | None = None,
+        row_key: str | None = None,
     ):
         """``peer_dcfg``: the decoding settings the HF peers follow (default ``dcfg``); under
-        ``decoding.shape=auto`` the configured ones, so the peers do not depend on our chosen tree."""
+        ``decoding.shape=auto`` the configured ones, so the peers do not depend on our chosen tree.
+        ``row_key`` (vsd.evaluation.stage.eval_key) is written into every row as ``eval_key``: a resumed eval
+        reuses the rows whose key matches."""
         self.target, self.drafter, self.dcfg, self.ecfg = target, drafter, dcfg, ecfg
         self.peer_dcfg = peer_dcfg or dcfg
         self.out_path = out_path
+        self.row_key = row_key
         self.assistant_model = assistant_model
         self.assistant_skip_reason = assistant_skip_reason
 
@@ -304,43 +310,63 @@ class EvalRunner:
         records: list[dict[str, Any]],
         progress: bool = True,
         on_row: Callable[[dict], None] | None = None,
+        done: dict[tuple[str, int], dict[str, Any]] | None = None,
     ) -> list[dict[str, Any]]:
-        """Every turn of every record (up to ``eval.max_turns``); rows are appended to the JSONL as they come."""
+        """Every turn of every record (up to ``eval.max_turns``); rows are appended to the JSONL as they come.
+        ``done``: rows of an interrupted attempt by (id, turn), reused as they are (a later turn is conditioned
+        on the reused row's answer, and every turn's sampling seed depends on its id and turn only)."""
         from tqdm.auto import tqdm
 
         if not records:
             return []
-        self.warmup(self.first_fitting_prompt(records))
-        rows: list[dict[str, Any]] = []
+        done = done or {}
         total = sum(min(len(r["turns"]), self.ecfg.max_turns) for r in records)
+        if len(done) < total:
+            self.warmup(self.first_fitting_prompt(records))
+        rows: list[dict[str, Any]] = []
         bar = tqdm(total=total, desc="eval", unit="turn", disable=not progress, dynamic_ncols=True)
+        bar.update(len(done))
+
+        def emit(row: dict[str, Any]) -> None:
+            rows.append(row)
+            if self.out_path is not None:
+                append_jsonl(self.out_path, row)
+
         try:
             for rec in records:
                 messages: list[dict[str, str]] = []
                 skipped = None
                 for turn, text in enumerate(rec["turns"][: self.ecfg.max_turns]):
                     messages.append({"role": "user", "content": text})
+                    if (old := done.get((str(rec["id"]), turn))) is not None:
+                        rows.append(old)
+                        if "skipped" in old:
+                            skipped = skipped or f"follows skipped turn {turn} ({old['skipped']})"
+                        else:
+                            answer = (old["ar"] or old["spec"])["ids"]  # what the live run conditioned on
+                            messages.append({"role": "assistant", "content": self.target.decode(answer)})
+                        continue
                     ids = self.target.chat_ids(messages) if skipped is None else None
                     reason = too_long(len(ids), self.target, self.dcfg) if ids is not None else skipped
                     if reason is not None:
                         skipped = skipped or f"follows skipped turn {turn} ({reason})"
-                        row = {
-                            "id": rec["id"],
-                            "category": rec["category"],
-                            "source": rec.get("source"),
-                            "turn": turn,
-                            "prompt_tokens": len(ids) if ids is not None else None,
-                            "skipped": reason,
-                        }
-                        rows.append(row)
-                        if self.out_path is not None:
-                            append_jsonl(self.out_path, row)
+                        emit(
+                            {
+                                "id": rec["id"],
+                                "category": rec["category"],
+                                "source": rec.get("source"),
+                                "turn": turn,
+                                "prompt_tokens": len(ids) if ids is not None else None,
+                                "skipped": reason,
+                                **({"eval_key": self.row_key} if self.row_key else {}),
+                            }
+                        )
                         bar.update(1)
                         continue
                     row, ref = self.run_turn(rec, turn, ids)
-                    rows.append(row)
-                    if self.out_path is not None:
-                        append_jsonl(self.out_path, row)
+                    if self.row_key:
+                        row["eval_key"] = self.row_key
+                    emit(row)
                     if on_row is not None:
                         on_row(row)
                     # The model's own answer (AR reference) conditions the next turn.

@@ -17,21 +17,18 @@ from vsd.evaluation.metrics import compute_metrics
 from vsd.evaluation.runner import EvalRunner
 
 
-def make_drafter(ctx) -> Any:
-    """The configured drafter: ``ngram`` (prompt lookup, no training) or ``eagle3`` (a trained draft head,
-    from this run's train stage (``ctx.artifacts["draft_dir"]``) or ``draft.checkpoint``)."""
+def draft_path(ctx) -> Path | None:
+    """The draft directory the eval decodes with: this run's train stage output (``ctx.artifacts["draft_dir"]``)
+    or ``draft.checkpoint``; None for the n-gram drafter."""
     cfg = ctx.cfg
     if cfg.decoding.drafter == "ngram":
-        from vsd.decoding.ngram import NgramDrafter
-
-        return NgramDrafter(ctx.target.vocab_size)
+        return None
     where = ctx.artifacts.get("draft_dir") or cfg.draft.checkpoint
     if not where:
         raise UserError(
             "draft.checkpoint: decoding.drafter=eagle3 needs a trained draft (run the train stage or set "
             "draft.checkpoint=DIR), or use decoding=ngram"
         )
-    from vsd.decoding.eagle import load_draft  # only this drafter needs the model code
     from vsd.models.draft import resolve_draft_dir
 
     path = (
@@ -41,12 +38,78 @@ def make_drafter(ctx) -> Any:
     )
     if not path.is_dir():
         raise UserError(f"draft.checkpoint: draft directory {where} does not exist")
+    return path
+
+
+def make_drafter(ctx) -> Any:
+    """The configured drafter: ``ngram`` (prompt lookup, no training) or ``eagle3`` (a trained draft head,
+    from this run's train stage or ``draft.checkpoint``: :func:`draft_path`)."""
+    path = draft_path(ctx)
+    if path is None:
+        from vsd.decoding.ngram import NgramDrafter
+
+        return NgramDrafter(ctx.target.vocab_size)
+    from vsd.decoding.eagle import load_draft  # only this drafter needs the model code
+
     drafter = load_draft(path, ctx.target)
-    if cfg.decoding.ngram_branch > 0:  # prompt lookup's continuation as one more branch of each T=0 tree
+    if ctx.cfg.decoding.ngram_branch > 0:  # prompt lookup's continuation as one more branch of each T=0 tree
         from vsd.decoding.lookup_branch import LookupBranchDrafter
 
         drafter = LookupBranchDrafter(drafter, ctx.target.vocab_size)
     return drafter
+
+
+def eval_key(ctx, dcfg) -> str:
+    """What a decoded eval row depends on: the eval and decoding settings (the resolved shape), the target, the
+    device and the draft's files (its config.json records their sha256). Rows of an interrupted eval with the
+    same key are reused when the run is resumed."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from omegaconf import OmegaConf
+
+    def plain(x: Any) -> Any:
+        if dataclasses.is_dataclass(x):
+            return dataclasses.asdict(x)
+        return OmegaConf.to_container(x) if OmegaConf.is_config(x) else x
+
+    cfg = ctx.cfg
+    path = draft_path(ctx)
+    draft = (
+        (path / "config.json").read_text() if path is not None and (path / "config.json").is_file() else ""
+    )
+    what = {
+        "eval": plain(cfg.eval),
+        "decoding": plain(dcfg),
+        "model": plain(cfg.model),
+        "dtype": cfg.dtype,
+        "device": str(ctx.target.device),
+        "draft": draft,
+    }
+    blob = json.dumps(what, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def resumable_rows(out: Path, key: str) -> dict[tuple[str, int], dict[str, Any]]:
+    """The rows of an earlier, interrupted attempt at this eval (same key), by (id, turn); ``out`` is rewritten
+    to hold just those (a torn last line or rows of other settings go)."""
+    import json
+
+    from vsd.records import atomic_write_text
+
+    if not out.is_file():
+        return {}
+    done = {}
+    for line in out.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # the line being written when the run was stopped
+        if isinstance(row, dict) and row.get("eval_key") == key:
+            done[(str(row["id"]), int(row["turn"]))] = row
+    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in done.values()))
+    return done
 
 
 def _run_reference(ctx, records: list[dict], drafter, dcfg, shape_info) -> dict[str, float]:
@@ -111,14 +174,19 @@ def run(ctx) -> dict[str, float]:
         if assistant is None:
             print(f"[vsd] eval: peer hf_assisted skipped: {skip_reason}", flush=True)
     out = Path(ctx.run_dir) / "eval.jsonl"
-    out.unlink(missing_ok=True)  # a resumed run re-evaluates: no stale rows of an earlier attempt
-    runner = EvalRunner(target, drafter, dcfg, cfg.eval, out, assistant, skip_reason, peer_dcfg=cfg.decoding)
+    key = eval_key(ctx, dcfg)
+    done = resumable_rows(out, key)  # a resumed run keeps the turns an interrupted attempt finished
+    if done:
+        print(f"[vsd] eval: resuming: {len(done)} turns from an earlier attempt of this eval", flush=True)
+    runner = EvalRunner(
+        target, drafter, dcfg, cfg.eval, out, assistant, skip_reason, peer_dcfg=cfg.decoding, row_key=key
+    )
     print(
         f"[vsd] eval: {len(records)} prompts ({cfg.eval.suite}, split={cfg.eval.split}), "
         f"drafter={cfg.decoding.drafter}, mode={cfg.decoding.mode}, T={cfg.decoding.temperature}",
         flush=True,
     )
-    rows = runner.run(records)
+    rows = runner.run(records, done=done)
     metrics = compute_metrics(
         rows
     )  # counts turns skipped as too long for the context (eval/skipped_too_long)
@@ -139,6 +207,7 @@ def run(ctx) -> dict[str, float]:
             "prompts": len(records),
             "turns": len(decoded),
             "skipped_too_long": len(rows) - len(decoded),
+            "resumed_turns": len(done),  # rows timed by an earlier process (speedup mixes two processes)
             "drafter": cfg.decoding.drafter,
             "draft_dir": str(ctx.artifacts.get("draft_dir") or cfg.draft.checkpoint or ""),
             "peers_skipped": {"hf_assisted": skip_reason} if assistant is None and skip_reason else {},
