@@ -1,6 +1,6 @@
 """The regime experiment (docs/results.md, "Regimes"): every job is a plain `python run.py ...`, several at once.
 
-  python scripts/run_regimes.py --gpu --jobs 14           # one GPU, 14 processes (how the records were made)
+  python scripts/run_regimes.py --gpu --jobs 16           # one GPU, 16 processes (how the records were made)
   python scripts/run_regimes.py --jobs 2                  # this CPU: the same jobs (days here)
   python scripts/run_regimes.py --tiny --jobs 2           # a rehearsal on the tiny random model (minutes)
 
