@@ -280,7 +280,9 @@ def test_an_interrupted_eval_resumes_where_it_stopped(tmp_path, monkeypatch):
     assert calls == [("c", 1)]  # the four finished turns were not decoded again
 
     def rows(d):
-        return [_without_timing(json.loads(x)) for x in (tmp_path / d / "eval.jsonl").read_text().splitlines()]
+        return [
+            _without_timing(json.loads(x)) for x in (tmp_path / d / "eval.jsonl").read_text().splitlines()
+        ]
 
     assert rows("resumed") == rows("straight")
     assert resumed["eval/tau"] == straight["eval/tau"]
