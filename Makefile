@@ -46,6 +46,7 @@ results: $(STAMP)
 	$(PY) -m vsd.analysis.results --runs docs/records/paper/cpu --page docs/results.md --figures docs/results/cpu
 	$(PY) -m vsd.analysis.results --runs docs/records/paper/gpu --page docs/results.md --figures docs/results/gpu --block gpu
 	$(PY) -m vsd.analysis.regimes --runs docs/records/regimes/gpu --page docs/results.md --figures docs/results/regimes --block regimes
+	$(PY) -m vsd.analysis.regimes --runs docs/records/regimes/cpu --page docs/results.md --figures docs/results/regimes_cpu --block regimes_cpu
 
 clean-venv:
 	rm -rf $(VENV)

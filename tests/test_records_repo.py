@@ -47,7 +47,7 @@ def test_every_records_path_named_in_the_docs_exists() -> None:
 
 
 def test_results_page_regenerates_unchanged(tmp_path: Path) -> None:
-    """The three commands of `make results`, into a copy of the page: the page and every figure are byte-identical
+    """The four commands of `make results`, into a copy of the page: the page and every figure are byte-identical
     to the committed ones (~3 s)."""
     page = tmp_path / "docs" / "results.md"
     page.parent.mkdir()
@@ -55,11 +55,12 @@ def test_results_page_regenerates_unchanged(tmp_path: Path) -> None:
     for part, block in (("cpu", []), ("gpu", ["--block", "gpu"])):
         args = ["--runs", str(RECORDS / "paper" / part), "--page", str(page)]
         assert results.main([*args, "--figures", str(tmp_path / "docs" / "results" / part), *block]) == 0
-    args = ["--runs", str(RECORDS / "regimes" / "gpu"), "--page", str(page), "--block", "regimes"]
-    assert regimes.main([*args, "--figures", str(tmp_path / "docs" / "results" / "regimes")]) == 0
+    for part, block in (("gpu", "regimes"), ("cpu", "regimes_cpu")):
+        args = ["--runs", str(RECORDS / "regimes" / part), "--page", str(page), "--block", block]
+        assert regimes.main([*args, "--figures", str(tmp_path / "docs" / "results" / block)]) == 0
     assert page.read_text() == (ROOT / "docs" / "results.md").read_text()
     made = sorted(p.relative_to(tmp_path) for p in (tmp_path / "docs" / "results").rglob("*.*"))
     committed = sorted(p.relative_to(ROOT) for p in (ROOT / "docs" / "results").rglob("*.*"))
-    assert made == committed and len(made) == 18
+    assert made == committed and len(made) == 24
     for rel in made:
         assert (tmp_path / rel).read_bytes() == (ROOT / rel).read_bytes(), rel

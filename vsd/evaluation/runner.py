@@ -13,7 +13,8 @@ A row of ``eval.jsonl`` (one per prompt turn):
    "match": bool | None, "diverge_at": int | None, "diverge_gap": float | None, "near_tie": bool | None,
    "eval_key": str}``
 ``eval_key`` names the settings the row was made with (vsd.evaluation.stage.eval_key): rerunning an
-interrupted run reuses its finished rows with the same key and decodes the rest. ``match`` (T=0 only) says whether the speculative ids equal the AR ids; at the first differing index,
+interrupted run reuses its finished rows with the same key and decodes the rest.
+``match`` (T=0 only) says whether the speculative ids equal the AR ids; at the first differing index,
 ``diverge_gap`` is the AR top-1 minus top-2 logit gap there and ``near_tie`` whether it is below
 ``decoding.near_tie_eps`` or equal to it (bf16 kernels may flip a near-tie; see method.md "Metrics").
 ``accepted_ranks`` holds, per verification step, the draft's sibling ranks along the accepted path (empty when
