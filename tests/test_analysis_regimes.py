@@ -40,3 +40,24 @@ def test_pooled_seed_variance_uses_arms_with_several_seeds():
     )
     var, dof = pooled_seed_var(df)
     assert dof == 2 and abs(var - 0.01) < 1e-12
+
+
+def test_a_page_without_vsd_runs_renders(tmp_path):
+    """The regime page from records that hold no VSD run yet (a reproduction still training): the arms and the
+    EAGLE-3 − base row, no diagnostics rows (it raised KeyError on the empty diagnostics)."""
+    import shutil
+    from pathlib import Path
+
+    from vsd.analysis import keep, regimes
+
+    part = Path(__file__).resolve().parents[1] / "docs" / "records" / "regimes" / "gpu" / "source"
+    assert keep.main(["--expand", str(part), str(tmp_path / "raw")]) == 0
+    for arm in ("vsd", "eagle3_time", "power"):
+        shutil.rmtree(tmp_path / "raw" / arm)
+    assert keep.main([str(tmp_path / "raw"), str(tmp_path / "kept" / "source")]) == 0
+    page = tmp_path / "page.md"
+    page.write_text("<!-- generated:regimes:begin -->\n<!-- generated:regimes:end -->\n")
+    args = ["--runs", str(tmp_path / "kept"), "--page", str(page), "--figures", str(tmp_path / "fig")]
+    assert regimes.main([*args, "--block", "regimes"]) == 0
+    text = page.read_text()
+    assert "| 0 | source | EAGLE-3 − base (the arms' 400 steps) |" in text and "VSD − EAGLE-3" not in text

@@ -83,7 +83,7 @@ def vsd_diagnostics(runs_dirs: Sequence[str | Path]) -> pd.DataFrame:
                     float(col.iloc[-1] if k.startswith("heldout/") else col.mean()) if len(col) else math.nan
                 )
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["regime", "seed", "status", *DIAG])  # the columns even when empty
 
 
 def load(runs_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
