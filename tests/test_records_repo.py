@@ -61,6 +61,6 @@ def test_results_page_regenerates_unchanged(tmp_path: Path) -> None:
     assert page.read_text() == (ROOT / "docs" / "results.md").read_text()
     made = sorted(p.relative_to(tmp_path) for p in (tmp_path / "docs" / "results").rglob("*.*"))
     committed = sorted(p.relative_to(ROOT) for p in (ROOT / "docs" / "results").rglob("*.*"))
-    assert made == committed and len(made) == 20
+    assert made == committed and len(made) == 24
     for rel in made:
         assert (tmp_path / rel).read_bytes() == (ROOT / rel).read_bytes(), rel

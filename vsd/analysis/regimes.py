@@ -158,6 +158,7 @@ def compare(
     se_prompt = float(boot.std(ddof=1))
     lo, hi = np.percentile(boot, [2.5, 97.5])
     out.update(prompt_lo=float(lo), prompt_hi=float(hi), se_prompt=se_prompt, turns=len(keys))
+    out["mde_prompt"] = 2.8 * se_prompt  # what the prompts alone could detect (one seed: no seed variance)
     if math.isfinite(seed_var):
         se = math.sqrt(se_prompt**2 + seed_var / len(a) + seed_var / len(b))
         out.update(se=se, lo=out["diff"] - 1.96 * se, hi=out["diff"] + 1.96 * se, mde=2.8 * se)
@@ -232,7 +233,9 @@ def comparisons_table(rows: list[dict]) -> list[str]:
             seed = f"{_fmt(c['seed_diff'])} (1)"
         prompt = f"[{_fmt(c.get('prompt_lo'))}, {_fmt(c.get('prompt_hi'))}]"
         comb = f"[{_fmt(c.get('lo'))}, {_fmt(c.get('hi'))}]"
-        mde = f"{_fmt(c.get('mde'), signed=False)} ({100 * c.get('mde', math.nan) / (c['diff'] / c['rel']) if c['rel'] else math.nan:.1f}%)"
+        key, note = ("mde", "") if "mde" in c else ("mde_prompt", ", prompts only")
+        ref = c["diff"] / c["rel"] if c["rel"] else math.nan
+        mde = f"{_fmt(c.get(key), signed=False)} ({100 * c.get(key, math.nan) / ref:.1f}%{note})"
         out.append(
             f"| {c['T']:g} | {c['regime']} | {c['label']} | {_fmt(c['diff'])} | {100 * c['rel']:+.1f}% | {seed} | {prompt} | "
             f"{comb} | {mde} |"
@@ -275,15 +278,18 @@ def figures(df: pd.DataFrame, diag: pd.DataFrame, rows: list[dict], out: Path) -
             ]
             y = [100 * c["rel"] for c in main]
             base = [c["diff"] / c["rel"] if c["rel"] else math.nan for c in main]
+            # the combined interval needs a seed variance (arms with >= 2 seeds); without one, the by-prompt one
+            combined = all("lo" in c for c in main)
+            lo, hi = ("lo", "hi") if combined else ("prompt_lo", "prompt_hi")
             err = [
-                [100 * (c["diff"] - c.get("lo", math.nan)) / b for c, b in zip(main, base)],
-                [100 * (c.get("hi", math.nan) - c["diff"]) / b for c, b in zip(main, base)],
+                [100 * (c["diff"] - c.get(lo, math.nan)) / b for c, b in zip(main, base)],
+                [100 * (c.get(hi, math.nan) - c["diff"]) / b for c, b in zip(main, base)],
             ]
             colors = ["#D55E00" if c["label"].startswith("VSD") else "#7F7F7F" for c in main]
             ax.bar(range(len(main)), y, yerr=err, color=colors, capsize=3)
             ax.axhline(0, color="black", lw=0.8)
             ax.set_xticks(range(len(main)), labels, fontsize=8)
-            ax.set_ylabel("Δτ vs EAGLE-3 (%), combined 95% CI")
+            ax.set_ylabel(f"Δτ vs EAGLE-3 (%), {'combined' if combined else 'by-prompt'} 95% CI")
             made["regimes_delta_tau"] = str(save_figure(fig, out, "regimes_delta_tau")[-1])
     vsd = df.loc[(df["arm"] == "vsd") & (df["T"] == 0), ["regime", "seed", "eval/tau"]].merge(
         diag[["regime", "seed", "train/vsd/novel_frac"]], on=["regime", "seed"]
