@@ -30,3 +30,25 @@ def tiny_target():
 
     _, cfg = compose(["model=tiny_random"])[0]
     return load_target(cfg.model, cfg.paths.cache_dir, "cpu", cfg.dtype)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """(tiny_random target in fp32 with larger random weights, its config), one torch thread. The default init
+    repeats one token forever, which would make every draft trivially right; these weights give peaked logits
+    with distinct argmaxes, so drafts are accepted and rejected. Module scope: each decoding test module gets
+    its own copy."""
+    import torch
+
+    from tests.decoding_helpers import one_thread
+    from vsd.config import compose
+    from vsd.models.target import load_target
+
+    _, cfg = compose(["model=tiny_random"])[0]
+    target = load_target(cfg.model, cfg.paths.cache_dir, "cpu", "float32")
+    g = torch.Generator().manual_seed(0)
+    for p in target.model.parameters():
+        if p.dim() >= 2:
+            p.data = 0.2 * torch.randn(p.shape, generator=g)
+    with one_thread():
+        yield target, cfg

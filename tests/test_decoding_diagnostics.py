@@ -9,15 +9,13 @@ import math
 import pytest
 import torch
 
-from tests.decoding_helpers import OracleDrafter, one_thread
-from vsd.config import compose
+from tests.decoding_helpers import OracleDrafter
 from vsd.config.schema import DecodingConfig
 from vsd.decoding.drafter import DraftTree
 from vsd.decoding.engine import CALIB_BINS, DraftStats, generate_spec
 from vsd.decoding.sampling import warp
 from vsd.decoding.tree import NodePool, build_dynamic_tree, grow_greedy, grow_sampled
 from vsd.decoding.tree_attention import node_depths
-from vsd.models.target import load_target
 
 
 def _hand_tree() -> DraftTree:
@@ -103,18 +101,6 @@ def test_builders_record_ranks_and_logq():
         assert math.exp(float(t.logq[i])) == pytest.approx(float(q[int(t.tokens[i])]), rel=1e-5)
         ptok = 0 if p < 0 else int(t.tokens[p])
         torch.testing.assert_close(q, warp(_toy(0 if p < 0 else int(t.depths[p]), ptok), 0.8, 0, 0.9))
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    _, cfg = compose(["model=tiny_random"])[0]
-    target = load_target(cfg.model, cfg.paths.cache_dir, "cpu", "float32")
-    g = torch.Generator().manual_seed(0)
-    for p in target.model.parameters():
-        if p.dim() >= 2:
-            p.data = 0.2 * torch.randn(p.shape, generator=g)
-    with one_thread():
-        yield target, cfg
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])

@@ -7,28 +7,12 @@ import dataclasses
 import pytest
 import torch
 
-from tests.decoding_helpers import OracleDrafter, one_thread
-from vsd.config import compose
+from tests.decoding_helpers import OracleDrafter
 from vsd.decoding.engine import generate_ar, generate_spec, keep_cache_rows, verify_forward
 from vsd.decoding.ngram import NgramDrafter
 from vsd.decoding.verify import verify_greedy
-from vsd.models.target import load_target
 
 PROMPTS = ["the cat sat on the mat. the cat sat on the", "abcabcabcabc", "def f(x):\n    return x"]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    _, cfg = compose(["model=tiny_random"])[0]
-    target = load_target(cfg.model, cfg.paths.cache_dir, "cpu", "float32")
-    # larger random weights than the default init: the default model repeats one token forever, which
-    # would make every draft trivially right
-    g = torch.Generator().manual_seed(0)
-    for p in target.model.parameters():
-        if p.dim() >= 2:
-            p.data = 0.2 * torch.randn(p.shape, generator=g)
-    with one_thread():
-        yield target, cfg
 
 
 def _dcfg(cfg, **kw):

@@ -8,26 +8,12 @@ import dataclasses
 import pytest
 import torch
 
-from tests.decoding_helpers import OracleDrafter, one_thread
-from vsd.config import compose
+from tests.decoding_helpers import OracleDrafter
 from vsd.decoding.engine import generate_ar, generate_spec
 from vsd.decoding.runner import DynamicRunner, GraphRunner, make_runner
 from vsd.decoding.tree_attention import node_depths
-from vsd.models.target import load_target
 
 PROMPTS = ["the cat sat on the mat. the cat sat on the", "def f(x):\n    return x"]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    _, cfg = compose(["model=tiny_random"])[0]
-    target = load_target(cfg.model, cfg.paths.cache_dir, "cpu", "float32")
-    g = torch.Generator().manual_seed(0)
-    for p in target.model.parameters():  # peaked logits: distinct argmaxes, accepts and rejects
-        if p.dim() >= 2:
-            p.data = 0.2 * torch.randn(p.shape, generator=g)
-    with one_thread():
-        yield target, cfg
 
 
 def _d(cfg, **kw):
