@@ -107,21 +107,30 @@ def run_phase(label: str, chains: list[list[Job]], workers: int, log_dir: Path) 
     return failed
 
 
-def main() -> int:
+def int_list(text: str) -> list[int]:
+    """'0,1,2' -> [0, 1, 2]; anything else is argparse's one-line usage error."""
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=2, help="processes at once")
     ap.add_argument("--gpu", action="store_true", help="device=cuda, captured decoding, data on the GPU")
     ap.add_argument("--tiny", action="store_true", help="rehearse on the tiny random model")
     ap.add_argument("--root", type=Path, default=ROOT / "outputs" / "regimes")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--phases", default="1,2,3")
-    args = ap.parse_args()
+    ap.add_argument("--seeds", type=int_list, default="0,1,2", help="comma-separated seeds")
+    ap.add_argument("--phases", type=int_list, default="1,2,3", help="comma-separated, of 1,2,3")
+    args = ap.parse_args(argv)
+    seeds, phases = args.seeds, set(args.phases)
+    if not phases <= {1, 2, 3}:
+        ap.error(f"--phases: {args.phases} names a phase other than 1, 2, 3")
     root = args.root.resolve()
     log_dir = root / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     common = ["tracker=none", "threads=1", *(GPU if args.gpu else []), *(TINY if args.tiny else [])]
-    seeds = [int(s) for s in args.seeds.split(",")]
-    phases = {int(p) for p in args.phases.split(",")}
 
     def exp(name: str, regime: str, seed: int | None = None) -> list[str]:
         ov = [f"experiment={name}", f"regime={regime}", *common]
