@@ -178,11 +178,38 @@ def _eagle_small(target):
     return EagleDrafter(head)
 
 
-def test_eagle_drafter_in_a_draft_vocab_matches_target(small):
-    exact = _exact(small, DCFG)
+@pytest.mark.parametrize("capture", ["none", "static"])
+def test_eagle_drafter_in_a_draft_vocab_matches_target(small, capture):
+    """capture=static runs the captured step (vsd/decoding/captured_step.py) eagerly: the template tree drafted
+    with fixed shapes and the fixed-loop rejection sampling."""
+    d = dataclasses.replace(DCFG, capture=capture, max_len=32)
+    exact = _exact(small, d)
     drafter = _eagle_small(small)
-    spec = _counts(lambda g: generate_spec(small, drafter, PROMPT, DCFG, generator=g), 1200)
+    spec = _counts(lambda g: generate_spec(small, drafter, PROMPT, d, generator=g), 1200)
+    assert bool(drafter._steps) == (capture == "static")
     assert _pvalue(spec, exact) > 1e-3
+
+
+def test_broken_captured_sampler_fails(small, monkeypatch):
+    """The captured path's chi-square has power: accepting the first valid child at every level (no rejection)
+    returns the draft's distribution."""
+    import vsd.decoding.captured_step as cs
+
+    def first_child(tree, logits, dcfg, plan, u):
+        acc, row = torch.zeros(tree.size, dtype=torch.bool), 0
+        for _ in plan.level_kmax:
+            c = int(plan.kids[row, 0])
+            if c < 0 or not bool(tree.valid[c]):
+                break
+            acc[c], row = True, c + 1
+        p = warp(logits[row], dcfg.temperature, dcfg.target_top_k, dcfg.top_p)
+        return acc, torch.multinomial(p, 1)
+
+    monkeypatch.setattr(cs, "accept_sampled", first_child)
+    d = dataclasses.replace(DCFG, capture="static", max_len=32)
+    counts = _counts(lambda g: generate_spec(small, _eagle_small(small), PROMPT, d, generator=g), 600)
+    with pytest.raises(AssertionError):
+        assert _pvalue(counts, _exact(small, d)) > 1e-3
 
 
 def test_wrong_draft_vocab_mapping_fails(small, monkeypatch):

@@ -210,6 +210,10 @@ class DecodingConfig:
     ngram_branch: int = 0  # eagle3 at T=0: add prompt lookup's continuation (<= this many tokens) to the tree
     capture: str = "none"  # none | cuda_graph (GPU; eager fallback without CUDA) | static (graph path, eager)
     max_len: int = 4096  # static KV slots per generation (capture != none): prompt + new tokens + one tree
+    # capture != none, eagle3 drafter, no lookup branch: the whole speculative step (draft tree, verify,
+    # acceptance, KV keep) as two captured graphs with one host read (vsd/decoding/captured_step.py);
+    # false: the per-call graphs with host work between them
+    captured_step: bool = True
     # the draft head's dtype while decoding: target (the target's: bf16 for real targets) | float32 | bfloat16 |
     # float16. A draft level is weight-bound on a CPU: bf16 halves its cost there (docs/bench_decoding.md)
     draft_dtype: str = "target"

@@ -142,6 +142,17 @@ class _DraftRunner:
         x[:, _EXTRA] = x[:, _SLOT]
         return x
 
+    def _commit_table_device(
+        self, ids: torch.Tensor, count: torch.Tensor, length: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`_commit_table` built on the device for a fixed ``ids.numel()`` rows of which the first ``count``
+        (a (1,) device tensor) are real, after ``length`` (1,) committed entries: no host value (the captured
+        step). Rows past ``count`` write the next slots, which the tree overwrites, and keep no hidden."""
+        r = torch.arange(ids.numel(), device=self.device)
+        pos = length + r
+        out = torch.where(r == count - 1, 0, self.scratch)
+        return torch.stack([ids, pos, pos, pos + 1, torch.zeros_like(pos), out, *[pos] * self.width], 1)
+
     def _level_table(
         self,
         idx: torch.Tensor,
@@ -318,15 +329,19 @@ class GraphDraftRunner(_DraftRunner):
         self.tree_end = first + max(m, self.tree_rows)  # padding rows take slots too
         return self._run("tree", x, None)
 
-    def _grow(self, g: _Grow, depth: int, k: int, total: int) -> DraftTree:
-        """:func:`grow_greedy` with level d at slots length + (d - 1) k + [0, k), from the device tensor
-        ``g.length`` (so one captured graph serves every position)."""
+    def expander(self, length: torch.Tensor, k: int):
+        """An ``expand`` for the tensor tree builders: level d at slots length + (d - 1) k + [0, m) after the
+        device tensor ``length`` of committed entries (so one captured graph serves every position)."""
 
         def expand(idx: torch.Tensor, d: int, pool: TensorPool) -> torch.Tensor:
-            x = self._level_table(idx, d, pool, g.length + (d - 1) * k, g.length, self.width)
+            x = self._level_table(idx, d, pool, length + (d - 1) * k, length, self.width)
             return self._core(x, None, self.max_len)
 
-        tree, _ = grow_greedy(g.root, expand, depth, k, total, self.token_map)
+        return expand
+
+    def _grow(self, g: _Grow, depth: int, k: int, total: int) -> DraftTree:
+        """:func:`grow_greedy` after ``g.length`` committed entries (:meth:`expander`)."""
+        tree, _ = grow_greedy(g.root, self.expander(g.length, k), depth, k, total, self.token_map)
         return tree
 
     def grow_greedy(self, root_logp: torch.Tensor, depth: int, k: int, total: int) -> DraftTree:

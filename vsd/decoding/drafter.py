@@ -36,6 +36,8 @@ class DraftTree:
         the warped distribution it was sampled from at T>0).
     dist_ids: (V_d,) long, optional: the target ids of ``child_dists``' columns when the drafter keeps its
         distributions in a smaller draft vocabulary (None: the columns are the target vocab).
+    valid: (N,) bool, optional: False marks a node that is absent but kept so every shape stays fixed (a
+        sampled rank past its parent's support, in a tree built for the captured step); never accepted.
     """
 
     tokens: torch.Tensor
@@ -48,6 +50,7 @@ class DraftTree:
     ranks: torch.Tensor | None = None
     logq: torch.Tensor | None = None
     dist_ids: torch.Tensor | None = None
+    valid: torch.Tensor | None = None
 
     @property
     def size(self) -> int:

@@ -20,8 +20,10 @@ from pathlib import Path
 import torch
 
 from vsd.config.schema import DecodingConfig
+from vsd.decoding.captured_step import CapturedStep
 from vsd.decoding.draft_runner import EagerDraftRunner, GraphDraftRunner
 from vsd.decoding.drafter import DraftTree
+from vsd.decoding.runner import GraphRunner
 from vsd.decoding.tree import grow_sampled, max_pool_nodes, tree_budget
 from vsd.models.draft import DraftHead
 from vsd.runtime import resolve_dtype
@@ -45,6 +47,7 @@ class EagleDrafter:
         self.device = head.fc.weight.device
         self.runner: EagerDraftRunner | GraphDraftRunner | None = None
         self._runners: dict[tuple, EagerDraftRunner | GraphDraftRunner] = {}
+        self._steps: dict[tuple, CapturedStep] = {}
         self.pending_feats: torch.Tensor | None = None  # (P, 3H) features not yet in the cache
         self.pending_next: list[int] = []  # the P-1 tokens that follow pending_feats[:-1]
 
@@ -88,6 +91,23 @@ class EagleDrafter:
         runner = self._runners[key]
         runner.reset()
         return runner
+
+    def captured_step(self, target_runner, dcfg: DecodingConfig) -> CapturedStep | None:
+        """The whole speculative step as captured graphs (:mod:`vsd.decoding.captured_step`) when
+        ``decoding.captured_step`` is on, both runners are static-shape (``capture`` != none) and the tree has no
+        host-built lookup branch; else None (the engine's per-call path). Built once per shape and reused."""
+        lookup = dcfg.ngram_branch > 0 and dcfg.temperature <= 0
+        if not dcfg.captured_step or lookup or not isinstance(target_runner, GraphRunner):
+            return None
+        run = self._runner_for(dcfg)
+        if not isinstance(run, GraphDraftRunner):
+            return None
+        depth, k, total = tree_budget(dcfg)
+        key = (id(target_runner), id(run), depth, k, total, dcfg.temperature > 0, dcfg.temperature,
+               dcfg.target_top_k, dcfg.top_p)  # fmt: skip
+        if key not in self._steps:
+            self._steps[key] = CapturedStep(target_runner, run, dcfg)
+        return self._steps[key]
 
     def reset(self, prompt_ids: list[int], prompt_features: torch.Tensor | None) -> None:
         if prompt_features is None:

@@ -41,6 +41,7 @@ class GenResult:
     tree_depth: list[int] = field(default_factory=list)  # per step: max depth of the verified tree
     wall_s: float = 0.0  # synchronised wall time of the whole generation (prefill included)
     draft_s: float = 0.0  # time inside drafter.propose/commit (on CUDA: the span on the device's timeline)
+    verify_s: float = 0.0  # time in the target step and verification (the same clock as draft_s)
     top2_gap: list[float] | None = None  # AR only, if asked: top1-top2 target logit gap per position
     # per step: the draft's sibling ranks along the accepted path (empty when nothing was accepted)
     accepted_ranks: list[list[int]] = field(default_factory=list)
@@ -102,6 +103,29 @@ class DraftStats:
         self.calib: torch.Tensor | None = None
         self.rank_counts: torch.Tensor | None = None
 
+    def allocate(self, device: torch.device | str) -> None:
+        """Zeroed accumulators on ``device`` (the captured step allocates them before its capture)."""
+        self.calib = torch.zeros(self.depth * CALIB_BINS, 3, dtype=torch.float64, device=device)
+        self.rank_counts = torch.zeros(self.depth * self.ranks, 2, dtype=torch.float64, device=device)
+
+    def accumulate(self, tree: DraftTree, ok: torch.Tensor, depths: torch.Tensor | None = None) -> None:
+        """Add one verified tree: ``ok`` (N+1,) bool on the tree's device marks the root and the accepted nodes;
+        ``depths`` defaults to the tree's. Tensor ops only (capturable)."""
+        dev = tree.ranks.device
+        if self.calib is None:
+            self.allocate(dev)
+        seen = ok[tree.parents.to(dev) + 1]  # the parent was accepted
+        if tree.valid is not None:
+            seen = seen & tree.valid
+        seen = seen.double()
+        acc = ok[1:].double() * seen
+        conf = tree.logq.double().exp().nan_to_num(0.0)
+        d = (tree.depths if depths is None else depths).to(dev).clamp(1, self.depth) - 1
+        b = (conf * CALIB_BINS).long().clamp(0, CALIB_BINS - 1)
+        self.calib.index_add_(0, d * CALIB_BINS + b, torch.stack([seen, conf * seen, acc], 1))
+        r = tree.ranks.clamp(0, self.ranks - 1)
+        self.rank_counts.index_add_(0, d * self.ranks + r, torch.stack([seen, acc], 1))
+
     def add(self, tree: DraftTree, path: list[int]) -> tuple[int, list[int]]:
         """Record one verified tree and its accepted path; returns (tree depth, ranks along the path)."""
         if tree.size == 0:
@@ -110,21 +134,10 @@ class DraftStats:
         if tree.ranks is None or tree.logq is None:
             return int(depths.max()), []
         dev = tree.ranks.device
-        if self.calib is None:
-            self.calib = torch.zeros(self.depth * CALIB_BINS, 3, dtype=torch.float64, device=dev)
-            self.rank_counts = torch.zeros(self.depth * self.ranks, 2, dtype=torch.float64, device=dev)
         ok = torch.zeros(tree.size + 1, dtype=torch.bool)
         ok[0] = True  # the root
         ok[[i + 1 for i in path]] = True
-        ok = ok.to(dev)
-        seen = ok[tree.parents.to(dev) + 1].double()  # the parent was accepted
-        acc = ok[1:].double() * seen
-        conf = tree.logq.double().exp()
-        d = depths.to(dev).clamp(1, self.depth) - 1
-        b = (conf * CALIB_BINS).long().clamp(0, CALIB_BINS - 1)
-        self.calib.index_add_(0, d * CALIB_BINS + b, torch.stack([seen, conf * seen, acc], 1))
-        r = tree.ranks.clamp(0, self.ranks - 1)
-        self.rank_counts.index_add_(0, d * self.ranks + r, torch.stack([seen, acc], 1))
+        self.accumulate(tree, ok.to(dev), depths)
         # one small host read: the deepest level and the accepted path's ranks
         read = torch.cat([depths.max().reshape(1).to(dev), tree.ranks[path] if path else tree.ranks[:0]])
         vals = read.tolist()
@@ -215,51 +228,83 @@ def generate_spec(
     *,
     generator: torch.Generator | None = None,
 ) -> GenResult:
-    """Speculative decoding of one prompt with ``drafter``; lossless w.r.t. :func:`generate_ar`."""
+    """Speculative decoding of one prompt with ``drafter``; lossless w.r.t. :func:`generate_ar`.
+
+    A drafter that offers a captured step for this runner and config (``captured_step``: the EAGLE drafter
+    under ``decoding.capture``) runs each step as its graphs with one host read; otherwise each step is the
+    drafter's ``propose``, the target step, verification and the drafter's ``commit``. Both feed the same
+    bookkeeping below."""
     eos, dev = target.eos_token_ids, target.device
     feats_on = bool(drafter.needs_features)
-    wall, draft = _Timer(dev), _Timer(dev, events=True)
+    wall, draft, check = _Timer(dev), _Timer(dev, events=True), _Timer(dev, events=True)
     res = GenResult([], 0)
     tokens = res.tokens
     runner = make_runner(target, dcfg)
-    rows_static = _static_rows(drafter, dcfg)
+    make_step = getattr(drafter, "captured_step", None)
+    captured = make_step(runner, dcfg) if make_step is not None else None
     depth, k, _ = tree_budget(dcfg)
-    stats = DraftStats(depth, k)
+    stats = captured.stats if captured is not None else DraftStats(depth, k)
     with wall:
         out = runner.prefill(list(prompt_ids), feats_on)
         res.target_forwards = 1
-        with draft:
-            drafter.reset(list(prompt_ids), out.features[0] if feats_on else None)
         root = _pick(out.logits[0, -1], dcfg, generator)
+        with draft:
+            if captured is not None:
+                captured.start(list(prompt_ids), out.features[0], root)
+            else:
+                drafter.reset(list(prompt_ids), out.features[0] if feats_on else None)
         tokens.append(root)
         stop = _stop_index(tokens, 0, eos, dcfg.max_new_tokens)
         while stop is None:
-            with draft:
-                tree = drafter.propose(root, dcfg, generator)
-            out = runner.step(root, tree, feats_on, rows=rows_static)
-            res.target_forwards += 1
-            if dcfg.temperature > 0:  # each visited row is warped in float32: no copy of all (N+1, V) logits
-                path, nxt = _verify.verify_sampled(tree, out.logits[0], dcfg, generator)
+            if captured is not None:
+                with draft:
+                    captured.draft(generator)
+                with check:
+                    step = captured.verify()
+                acc, nxt, ranks = step.accepted, step.next_token, step.ranks
+                res.tree_depth.append(step.tree_depth)
+                res.drafted.append(step.drafted)
             else:
-                path, nxt = _verify.verify_greedy(tree, out.logits[0])
-            # the small host copies first, while the device queue is empty after verification
-            acc = tree.tokens[path].tolist() if path else []
-            tree_depth, ranks = stats.add(tree, path)
-            res.tree_depth.append(tree_depth)
+                acc, nxt, ranks = _host_step(
+                    target, drafter, runner, root, dcfg, generator, stats, res, draft, check
+                )
+            res.target_forwards += 1
             res.accepted_ranks.append(ranks)
-            rows = [0] + [i + 1 for i in path]
-            feats = out.features[0, rows] if feats_on else None  # read before the next step reuses buffers
-            runner.keep(rows)
-            with draft:
-                drafter.commit([root, *acc], feats)
-            res.drafted.append(tree.size)
-            res.accepted.append(len(path))
+            res.accepted.append(len(acc))
             n0 = len(tokens)
             tokens.extend(acc)
             tokens.append(nxt)
             root = nxt
             stop = _stop_index(tokens, n0, eos, dcfg.max_new_tokens)
         del tokens[stop:]
-    res.wall_s, res.draft_s = wall.total, draft.total
+    res.wall_s, res.draft_s, res.verify_s = wall.total, draft.total, check.total
     stats.finish(res)
     return res
+
+
+def _host_step(
+    target, drafter: Drafter, runner, root: int, dcfg: DecodingConfig, generator, stats: DraftStats,
+    res: GenResult, draft: _Timer, check: _Timer,
+) -> tuple[list[int], int, list[int]]:  # fmt: skip
+    """One per-call speculative step: propose, the target step, verification, KV keep, commit. Returns (accepted
+    draft tokens, next token, their ranks); appends the tree's depth and size to ``res``."""
+    feats_on = bool(drafter.needs_features)
+    with draft:
+        tree = drafter.propose(root, dcfg, generator)
+    with check:
+        out = runner.step(root, tree, feats_on, rows=_static_rows(drafter, dcfg))
+        if dcfg.temperature > 0:  # each visited row is warped in float32: no copy of all (N+1, V) logits
+            path, nxt = _verify.verify_sampled(tree, out.logits[0], dcfg, generator)
+        else:
+            path, nxt = _verify.verify_greedy(tree, out.logits[0])
+    # the small host copies first, while the device queue is empty after verification
+    acc = tree.tokens[path].tolist() if path else []
+    tree_depth, ranks = stats.add(tree, path)
+    res.tree_depth.append(tree_depth)
+    res.drafted.append(tree.size)
+    rows = [0] + [i + 1 for i in path]
+    feats = out.features[0, rows] if feats_on else None  # read before the next step reuses buffers
+    runner.keep(rows)
+    with draft:
+        drafter.commit([root, *acc], feats)
+    return acc, nxt, ranks

@@ -47,18 +47,26 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None) -> int:
     whose cumulative mass exceeds u * total, u ~ U[0, 1). A token of zero probability adds no mass, so it is
     never drawn. (``torch.multinomial`` takes ~0.8 ms for one draw over a 49k vocab on a CPU, this ~0.05 ms.)"""
     probs = on_generator(probs, generator)
-    cdf = probs.double().cumsum(-1)
     u = torch.rand((1,), generator=generator, device=probs.device, dtype=torch.float64)
-    return int(torch.searchsorted(cdf, u * cdf[-1], right=True).clamp_(max=probs.numel() - 1))
+    return int(sample_at(probs, u))
 
 
-def gumbel_keys(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def sample_at(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """:func:`sample` with its uniform ``u`` (1,) given: a (1,) long tensor, no host read (capturable)."""
+    cdf = probs.double().cumsum(-1)
+    return torch.searchsorted(cdf, u.double() * cdf[-1], right=True).clamp_(max=probs.numel() - 1)
+
+
+def gumbel_keys(
+    probs: torch.Tensor, generator: torch.Generator | None, u: torch.Tensor | None = None
+) -> torch.Tensor:
     """Gumbel-perturbed log-probs (..., V) on ``generator``'s device: the order of ``log p + Gumbel noise``
     along the last dim is the order of successive draws without replacement from each row. Tokens of zero
-    probability get -inf."""
-    probs = on_generator(probs, generator)
-    u = torch.rand(probs.shape, generator=generator, device=probs.device).clamp_(1e-20, 1.0 - 1e-7)
-    return probs.log() - torch.log(-torch.log(u))
+    probability get -inf. ``u`` (probs' shape) optional uniforms (drawn ahead of a captured step)."""
+    if u is None:
+        probs = on_generator(probs, generator)
+        u = torch.rand(probs.shape, generator=generator, device=probs.device)
+    return probs.log() - torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
 
 
 def gumbel_topk(probs: torch.Tensor, k: int, generator: torch.Generator | None) -> torch.Tensor:

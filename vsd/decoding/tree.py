@@ -29,6 +29,7 @@ T = 0, the warped distribution it was sampled from at T > 0): the eval's rank an
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -313,71 +314,166 @@ def grow_greedy(
     return _subtree(pool, keep, depth), pool
 
 
+@dataclass(frozen=True)
+class TemplatePlan:
+    """The T > 0 tree shape (:func:`static_template`) as index tensors on one device, built once per shape, so a
+    sampled tree is drafted with fixed shapes and no host read (capturable). Node i is template entry i.
+
+    Level d (0 = the root's children) expands ``level_parents[d]`` (template indices; -1 = the root) in one
+    batch; entry j of that level's new nodes is ``level_nodes[d][j]``, the child of parent row ``level_rows[d][j]``
+    with sibling rank ``level_ranks[d][j]``. ``kids[i + 1, r]`` is the child of rank r of node i (row 0: the root)
+    or -1. ``dist_rows[i]`` is the row of the concatenated level distributions that node i - 1's children are
+    drawn from (row 0: the root's), or the zero row appended after them for leaves."""
+
+    parents: torch.Tensor
+    depths: torch.Tensor
+    ranks: torch.Tensor
+    ancestors: torch.Tensor
+    kids: torch.Tensor
+    dist_rows: torch.Tensor
+    level_parents: tuple[torch.Tensor, ...]
+    level_nodes: tuple[torch.Tensor, ...]
+    level_rows: tuple[torch.Tensor, ...]
+    level_ranks: tuple[torch.Tensor, ...]
+    level_kmax: tuple[int, ...]  # most children of one parent at each level (the Gumbel top-k width)
+    level_width: tuple[int, ...]  # parents expanded at each level
+
+    @property
+    def size(self) -> int:
+        return int(self.parents.numel())
+
+    @property
+    def noise_rows(self) -> int:
+        """Rows of Gumbel noise (each over the draft vocab) one tree uses: one per expanded parent."""
+        return sum(self.level_width)
+
+    @property
+    def accept_draws(self) -> int:
+        """Uniforms one verification uses: one per sibling tried at each level, plus the final draw."""
+        return sum(self.level_kmax) + 1
+
+
+@lru_cache(maxsize=64)
+def template_plan(depth: int, k: int, total: int, device: str = "cpu") -> TemplatePlan:
+    """:class:`TemplatePlan` of ``static_template(depth, k, total)`` on ``device``."""
+    template = static_template(depth, k, total)
+    index = {path: i for i, path in enumerate(template)}
+    n_children = _children_counts(template)
+    parents = [index[p[:-1]] if len(p) > 1 else -1 for p in template]
+    kids = [[-1] * k for _ in range(len(template) + 1)]
+    for path, i in index.items():
+        kids[0 if len(path) == 1 else index[path[:-1]] + 1][path[-1]] = i
+    lp, ln, lr, lk, kmax, width = [], [], [], [], [], []
+    dist_row = {}
+    n_rows = 0
+    for d in range(depth):
+        pars = [p for p in n_children if len(p) == d and (d == 0 or p in index)]
+        if not pars:
+            break
+        for row, par in enumerate(pars):
+            dist_row[-1 if d == 0 else index[par]] = n_rows + row
+        n_rows += len(pars)
+        nodes = [(index[par + (r,)], row, r) for row, par in enumerate(pars) for r in range(n_children[par])]
+        lp.append([-1 if d == 0 else index[p] for p in pars])
+        ln.append([c for c, _, _ in nodes])
+        lr.append([row for _, row, _ in nodes])
+        lk.append([r for _, _, r in nodes])
+        kmax.append(max(n_children[p] for p in pars))
+        width.append(len(pars))
+
+    def t(x) -> torch.Tensor:
+        return torch.tensor(x, dtype=torch.long, device=device)
+
+    par_t = t(parents)
+    return TemplatePlan(
+        parents=par_t,
+        depths=t([len(p) for p in template]),
+        ranks=t([p[-1] for p in template]),
+        ancestors=ancestors_by_hops(par_t, depth),
+        kids=t(kids),
+        dist_rows=t([dist_row.get(i, n_rows) for i in range(-1, len(template))]),
+        level_parents=tuple(t(x) for x in lp),
+        level_nodes=tuple(t(x) for x in ln),
+        level_rows=tuple(t(x) for x in lr),
+        level_ranks=tuple(t(x) for x in lk),
+        level_kmax=tuple(kmax),
+        level_width=tuple(width),
+    )
+
+
 def grow_sampled(
     root_logp: torch.Tensor,
     expand: ExpandLevel,
     dcfg: DecodingConfig,
     generator: torch.Generator | None,
     token_map: torch.Tensor | None = None,
-    template: tuple[tuple[int, ...], ...] | None = None,
+    noise: torch.Tensor | None = None,
+    fixed: bool = False,
 ) -> DraftTree:
-    """The T > 0 tree of :func:`_build_sampled` level by level: each level's rows are warped and sampled
-    without replacement (Gumbel-top-k) in one batch. ``root_logp`` (1, V) and ``expand`` as in
-    :func:`grow_greedy` (``expand`` gets the level's parents, at most k of them); ``template`` defaults to
-    :func:`static_template` of the configured budget. ``child_dists`` keeps the warped rows in the log-probs'
-    columns, with ``dist_ids = token_map``. One small host read per level (which sampled ranks exist)."""
+    """The T > 0 tree of :func:`_build_sampled`: every level's rows are warped and sampled without replacement
+    (Gumbel-top-k) in one batch. ``root_logp`` (1, V) and ``expand`` as in :func:`grow_greedy` (``expand`` gets the
+    level's parents, at most k of them). ``child_dists`` keeps the warped rows in the log-probs' columns, with
+    ``dist_ids = token_map``.
+
+    Shapes are those of the template (:func:`template_plan`): a node whose rank reaches its parent's support
+    size (and its subtree) is drafted anyway and marked absent in ``DraftTree.valid``. ``fixed=False`` drops
+    absent nodes (one host read per tree); ``fixed=True`` keeps every shape and moves nothing to the host (the
+    captured step verifies with ``valid``). ``noise`` (``plan.noise_rows``, V) optional uniforms for the
+    Gumbel keys, drawn before a captured step; else they come from ``generator``, level by level."""
     depth, k, total = tree_budget(dcfg)
-    template = template if template is not None else static_template(depth, k, total)
-    n_children = _children_counts(template)
     dev = root_logp.device
-    where: dict[tuple[int, ...], int] = {(): -1}  # rank path -> pool index
-    pool: TensorPool | None = None
-    dist_rows: list[torch.Tensor] = []  # warped rows, in creation order of their parents
-    dist_of: dict[int, int] = {}  # pool index (-1 = root) -> row in dist_rows' concatenation
-    n_rows = 0
-    for d in range(depth):
-        parents = [p for p in n_children if len(p) == d and p in where]
-        if not parents:
-            break
-        idx = [where[p] for p in parents]
-        logp = root_logp if d == 0 else expand(torch.tensor(idx, device=dev), d, pool)
+    plan = template_plan(depth, k, total, str(dev))
+    n = plan.size
+    tokens = torch.zeros(n, dtype=torch.long, device=dev)
+    logq = torch.zeros(n, device=dev)
+    valid = torch.zeros(n, dtype=torch.bool, device=dev)
+    pool = TensorPool(
+        tokens, plan.parents, plan.depths, torch.zeros(n, dtype=torch.float64, device=dev), plan.ranks, logq
+    )
+    dists, row0 = [], 0
+    for d, (pars, nodes, rows, ranks) in enumerate(
+        zip(plan.level_parents, plan.level_nodes, plan.level_rows, plan.level_ranks)
+    ):
+        logp = root_logp if d == 0 else expand(pars, d, pool)
         q = warp(logp, dcfg.temperature, dcfg.target_top_k, dcfg.top_p)
-        kmax = max(n_children[p] for p in parents)
-        top = gumbel_keys(q, generator).topk(min(kmax, q.shape[-1]), dim=-1)
-        ids = top.indices.to(q.device)
-        logq = q.gather(-1, ids).log()
-        ok = (top.values > float("-inf")).tolist()  # ranks past a row's support are absent
-        dist_rows.append(q)
-        for row, i in enumerate(idx):
-            dist_of[i] = n_rows + row
-        n_rows += len(idx)
-        sel_row, sel_rank = [], []
-        for row, par in enumerate(parents):
-            for r in range(n_children[par]):
-                if ok[row][r]:
-                    where[par + (r,)] = (0 if pool is None else pool.tokens.numel()) + len(sel_row)
-                    sel_row.append(row)
-                    sel_rank.append(r)
-        if not sel_row:
-            break
-        rows_t = torch.tensor(sel_row, device=dev)
-        ranks_t = torch.tensor(sel_rank, device=dev)
-        new = TensorPool(
-            tokens=_mapped(ids[rows_t, ranks_t], token_map),
-            parents=torch.tensor([idx[r] for r in sel_row], device=dev),
-            depths=torch.full((len(sel_row),), d + 1, dtype=torch.long, device=dev),
-            scores=torch.zeros(len(sel_row), dtype=torch.float64, device=dev),
-            ranks=ranks_t,
-            logq=logq[rows_t, ranks_t],
-        )
-        pool = new if pool is None else pool.cat(new)
-    assert pool is not None, "the root's distribution has an empty support"
-    keep_list = [where[p] for p in template if p in where]
-    keep = torch.tensor(keep_list, device=dev)
-    tree = _subtree(pool, keep, depth)
-    allq = torch.cat(dist_rows)
-    # row 0: the root's distribution; row i + 1: node i's children's (zeros for leaves)
-    rows = torch.tensor([dist_of.get(i, n_rows) for i in [-1, *keep_list]], device=dev)
-    tree.child_dists = torch.cat([allq, torch.zeros_like(allq[:1])])[rows]
-    tree.dist_ids = token_map
-    return tree
+        u = None if noise is None else noise[row0 : row0 + pars.numel()]
+        row0 += pars.numel()
+        top = gumbel_keys(q, generator, u).topk(plan.level_kmax[d], dim=-1)
+        ids = top.indices.to(dev)[rows, ranks]
+        ok = (top.values.to(dev) > float("-inf"))[rows, ranks]  # ranks past a row's support are absent
+        if d > 0:
+            ok &= valid[pars[rows]]
+        tokens[nodes] = _mapped(ids, token_map)
+        logq[nodes] = q[rows, ids].log()
+        valid[nodes] = ok
+        dists.append(q)
+    allq = torch.cat(dists)
+    tree = DraftTree(
+        tokens,
+        plan.parents,
+        torch.cat([allq, torch.zeros_like(allq[:1])])[plan.dist_rows],
+        torch.arange(n, device=dev),
+        plan.depths,
+        depth,
+        plan.ancestors,
+        ranks=plan.ranks,
+        logq=logq,
+        dist_ids=token_map,
+        valid=valid,
+    )
+    return tree if fixed else drop_absent(tree)
+
+
+def drop_absent(tree: DraftTree) -> DraftTree:
+    """``tree`` without the nodes ``valid`` marks absent (an absent node's subtree is absent too, so the rest
+    stays closed under ancestors); one host read."""
+    if tree.valid is None or bool(tree.valid.all()):
+        return dataclasses.replace(tree, valid=None)
+    keep = tree.valid.nonzero().flatten()
+    pool = TensorPool(
+        tree.tokens, tree.parents, tree.depths, tree.logq.double(), tree.ranks, tree.logq
+    )  # parents index the kept set's superset: _subtree re-indexes them
+    out = _subtree(pool, keep, tree.depth_bound or int(tree.depths.max()))
+    out.child_dists = tree.child_dists[torch.cat([keep.new_zeros(1), keep + 1])]
+    out.dist_ids = tree.dist_ids
+    return out
