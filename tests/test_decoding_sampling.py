@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 
 import pytest
 import torch
@@ -22,6 +23,10 @@ from vsd.models.target import Target
 
 V = 6
 PROMPT = [1, 4, 2]
+# VSD_TEST_DEVICE=cuda runs the module's model on the GPU, with capture=cuda_graph where these tests say static:
+# the distribution check of the captured step on a GPU (docs/bench_gpu.md)
+DEVICE = os.environ.get("VSD_TEST_DEVICE", "cpu")
+GRAPHED = "cuda_graph" if DEVICE == "cuda" else "static"
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +43,7 @@ def small():
         if p.dim() >= 2:
             p.data = 0.8 * torch.randn(p.shape, generator=g)
     model.generation_config.eos_token_id = 10**6  # never generated: every sample has 3 tokens
+    model.to(DEVICE)
     with one_thread():
         yield Target(model, tokenizer=None, name="tiny_v6", feature_layers=[0, 0, 1])
 
@@ -46,8 +52,8 @@ def _exact(target, dcfg, prompt=PROMPT):
     """P(t2, t3) marginalised over t1, from the warped target distribution, as a (V*V,) vector."""
 
     def dist(seq):
-        return warp(target.forward(torch.tensor([seq]), use_cache=False).logits[0, -1], dcfg.temperature,
-                    dcfg.target_top_k, dcfg.top_p)  # fmt: skip
+        logits = target.forward(torch.tensor([seq], device=DEVICE), use_cache=False).logits[0, -1].cpu()
+        return warp(logits, dcfg.temperature, dcfg.target_top_k, dcfg.top_p)
 
     p1 = dist(prompt)
     out = torch.zeros(V, V)
@@ -174,11 +180,11 @@ def _eagle_small(target):
     g = torch.Generator().manual_seed(2)
     for p in head.parameters():
         if p.requires_grad and p.dim() >= 2:
-            p.data = torch.randn(p.shape, generator=g)
-    return EagleDrafter(head)
+            p.data = torch.randn(p.shape, generator=g).to(p.device)
+    return EagleDrafter(head.to(DEVICE))
 
 
-@pytest.mark.parametrize("capture", ["none", "static"])
+@pytest.mark.parametrize("capture", ["none", GRAPHED])
 def test_eagle_drafter_in_a_draft_vocab_matches_target(small, capture):
     """capture=static runs the captured step (vsd/decoding/captured_step.py) eagerly: the template tree drafted
     with fixed shapes and the fixed-loop rejection sampling."""
@@ -186,7 +192,7 @@ def test_eagle_drafter_in_a_draft_vocab_matches_target(small, capture):
     exact = _exact(small, d)
     drafter = _eagle_small(small)
     spec = _counts(lambda g: generate_spec(small, drafter, PROMPT, d, generator=g), 1200)
-    assert bool(drafter._steps) == (capture == "static")
+    assert bool(drafter._steps) == (capture == GRAPHED)
     assert _pvalue(spec, exact) > 1e-3
 
 
@@ -206,7 +212,7 @@ def test_broken_captured_sampler_fails(small, monkeypatch):
         return acc, torch.multinomial(p, 1)
 
     monkeypatch.setattr(cs, "accept_sampled", first_child)
-    d = dataclasses.replace(DCFG, capture="static", max_len=32)
+    d = dataclasses.replace(DCFG, capture=GRAPHED, max_len=32)
     counts = _counts(lambda g: generate_spec(small, _eagle_small(small), PROMPT, d, generator=g), 600)
     with pytest.raises(AssertionError):
         assert _pvalue(counts, _exact(small, d)) > 1e-3

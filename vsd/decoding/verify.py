@@ -46,7 +46,8 @@ def accept_greedy(tree: DraftTree, logits: torch.Tensor) -> tuple[torch.Tensor, 
     acc = ~(anc & ~ok[None]).any(1)  # the node and all its ancestors match
     # so accepted nodes form one path from the root; the deepest (the highest index) ends it
     last = torch.where(acc, torch.arange(n, device=dev), -1).max()
-    return acc, best[last + 1][None]
+    # index_select, not best[last + 1]: indexing with a 0-dim tensor may read it on the host
+    return acc, best.index_select(0, (last + 1).reshape(1))
 
 
 def verify_greedy(tree: DraftTree, logits: torch.Tensor) -> tuple[list[int], int]:
