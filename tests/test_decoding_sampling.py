@@ -17,7 +17,7 @@ from tests.decoding_helpers import TableDrafter, one_thread
 from vsd.config.schema import DecodingConfig
 from vsd.decoding.engine import generate_ar, generate_spec
 from vsd.decoding.ngram import NgramDrafter
-from vsd.decoding.sampling import gumbel_topk, warp
+from vsd.decoding.sampling import gumbel_topk, sample_at, warp
 from vsd.decoding.verify import children_lists
 from vsd.models.target import Target
 
@@ -201,15 +201,18 @@ def test_broken_captured_sampler_fails(small, monkeypatch):
     returns the draft's distribution."""
     import vsd.decoding.captured_step as cs
 
-    def first_child(tree, logits, dcfg, plan, u):
-        acc, row = torch.zeros(tree.size, dtype=torch.bool), 0
+    def first_child(tree, logits, dcfg, plan, u):  # tensor ops only: on a GPU it runs inside the graph
+        dev = logits.device
+        acc = torch.zeros(tree.size, dtype=torch.bool, device=dev)
+        row = torch.zeros(1, dtype=torch.long, device=dev)
+        live = torch.ones(1, dtype=torch.bool, device=dev)
         for _ in plan.level_kmax:
-            c = int(plan.kids[row, 0])
-            if c < 0 or not bool(tree.valid[c]):
-                break
-            acc[c], row = True, c + 1
-        p = warp(logits[row], dcfg.temperature, dcfg.target_top_k, dcfg.top_p)
-        return acc, torch.multinomial(p, 1)
+            c = plan.kids[:, 0].index_select(0, row)
+            live &= (c >= 0) & tree.valid.index_select(0, c.clamp(min=0))
+            acc |= (torch.arange(tree.size, device=dev) == c) & live
+            row = torch.where(live, c + 1, row)
+        p = warp(logits.index_select(0, row)[0], dcfg.temperature, dcfg.target_top_k, dcfg.top_p)
+        return acc, sample_at(p, u[-1:])
 
     monkeypatch.setattr(cs, "accept_sampled", first_child)
     d = dataclasses.replace(DCFG, capture=GRAPHED, max_len=32)

@@ -13,8 +13,10 @@ draft commit's table. Here every value the next piece needs stays on the device:
   recursive rejection sampling :func:`vsd.decoding.verify.accept_sampled`), the KV keep of root + accepted path,
   the draft diagnostics (:class:`vsd.decoding.engine.DraftStats`), and the next step's pending entries.
 
-The host replays the two graphs, copies one small vector back (accepted count, next token, the path's tokens
-and ranks, the tree's depth and size) and applies the engine's stop rule. Random numbers at T > 0 are drawn
+Per step the host queues the verify graph, the copy of one small vector (accepted count, next token, the path's
+tokens and ranks, the tree's depth and size) and the next tree's draft graph, then waits for the copy alone:
+its bookkeeping and the engine's stop rule run while the device drafts (the tree queued after a generation's
+last step goes unused). Random numbers at T > 0 are drawn
 into one buffer before each step from the caller's generator, so the graphs hold no generator state. With
 ``decoding.capture=static`` (and on a CPU) the same code runs eagerly: the tests hold it to plain AR and to the
 target's distribution there.
@@ -197,55 +199,72 @@ class CapturedStep:
         )
 
     # ------------------------------------------------------------------------------------- host API
-    def start(self, prompt_ids: list[int], prompt_features: torch.Tensor, root: int) -> None:
+    def start(
+        self, prompt_ids: list[int], prompt_features: torch.Tensor, root: int, generator, timer
+    ) -> None:
         """New generation after the target's prefill: commit the prompt to the draft head (all but its last
-        entry, which waits for the root) and set the step's state."""
+        entry, which waits for the root), set the step's state and draft the first tree."""
         dr = self.dr
         dr.reset()
         if len(prompt_ids) > 1:
-            dr.commit(prompt_features[:-1], list(prompt_ids[1:]))
+            with timer:
+                dr.commit(prompt_features[:-1], list(prompt_ids[1:]))
         self.length.fill_(len(prompt_ids))
         self.root.fill_(root)
         self.draft_length.fill_(dr.length)
         self.pend_ids[0].fill_(root)
         self.pend_count.fill_(1)
         self.pend_feats[0, 0].copy_(prompt_features[-1])
-        self._host_length, self._host_draft, self._host_pend = len(prompt_ids), dr.length, 1
+        # host copies of the committed lengths, for the slot checks (the device holds the true ones)
+        self._host_length, self._host_draft = len(prompt_ids), dr.length
         self.stats.calib.zero_()
         self.stats.rank_counts.zero_()
+        self._draft_next(generator, timer)
+        self._host_draft += 1  # the first tree's commit: the root
 
-    def draft(self, generator: torch.Generator | None) -> None:
-        """Draw this step's random numbers (T > 0) and draft the tree."""
+    def _uniform(self, buf: torch.Tensor, generator: torch.Generator | None) -> None:
+        if generator is None or generator.device == buf.device:
+            buf.uniform_(generator=generator)
+        else:
+            buf.copy_(torch.rand(buf.shape, generator=generator, device=generator.device))
+
+    def _draft_next(self, generator, timer) -> None:
+        """Queue the next tree: its random numbers (T > 0), then the draft graph."""
         # the commit writes depth + 1 fixed rows, then tree level d >= 1 sits at (d - 1) k + [0, k) after it
         if self._host_draft + self.depth + 1 + (self.depth - 1) * self.k > self.dr.max_len:
             raise UserError(
                 f"decoding.max_len: {self.dr.max_len} KV slots are too few for this generation (draft)"
             )
         if self.sampled:
-            for buf in (self.noise, self.draws):
-                if generator is None or generator.device == buf.device:
-                    buf.uniform_(generator=generator)
-                else:
-                    buf.copy_(torch.rand(buf.shape, generator=generator, device=generator.device))
-        if self.g_draft is not None:
-            self.g_draft.replay()
-        else:
-            self._draft()
-        self._host_draft += self._host_pend
+            self._uniform(self.noise, generator)
+        with timer:
+            if self.g_draft is not None:
+                self.g_draft.replay()
+            else:
+                self._draft()
 
-    def verify(self) -> StepOutcome:
-        """Verify the drafted tree and commit; the step's one host read."""
+    def step(self, generator, draft_timer, verify_timer) -> StepOutcome:
+        """Verify the drafted tree and commit, queue the host copy of the outcome, queue the next tree, then
+        wait for the copy: the host's bookkeeping of this step overlaps the next tree's drafting. (After the
+        last step of a generation that tree goes unused.)"""
         if self._host_length + self.n + 1 > self.tr.max_len:
             raise UserError(f"decoding.max_len: {self.tr.max_len} KV slots are too few for this generation")
-        if self.g_verify is not None:
-            self.g_verify.replay()
-        else:
-            self._verify()
+        if self.sampled:
+            self._uniform(self.draws, generator)
+        with verify_timer:
+            if self.g_verify is not None:
+                self.g_verify.replay()
+            else:
+                self._verify()
         self.read_host.copy_(self.read_dev, non_blocking=self.capture)
-        if self.capture:
-            torch.cuda.current_stream().synchronize()
+        copied = torch.cuda.Event() if self.capture else None
+        if copied is not None:
+            copied.record()
+        self._draft_next(generator, draft_timer)  # its slot check bounds this step's commit by depth + 1
+        if copied is not None:
+            copied.synchronize()
         v = self.read_host.tolist()
         a, d = v[0], self.depth
         self._host_length += a + 1
-        self._host_pend = a + 1
+        self._host_draft += a + 1
         return StepOutcome(v[2 : 2 + a], v[1], v[2 + d : 2 + d + a], v[2 + 2 * d], v[3 + 2 * d])

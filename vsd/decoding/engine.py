@@ -248,19 +248,16 @@ def generate_spec(
         out = runner.prefill(list(prompt_ids), feats_on)
         res.target_forwards = 1
         root = _pick(out.logits[0, -1], dcfg, generator)
-        with draft:
-            if captured is not None:
-                captured.start(list(prompt_ids), out.features[0], root)
-            else:
+        if captured is not None:
+            captured.start(list(prompt_ids), out.features[0], root, generator, draft)
+        else:
+            with draft:
                 drafter.reset(list(prompt_ids), out.features[0] if feats_on else None)
         tokens.append(root)
         stop = _stop_index(tokens, 0, eos, dcfg.max_new_tokens)
         while stop is None:
             if captured is not None:
-                with draft:
-                    captured.draft(generator)
-                with check:
-                    step = captured.verify()
+                step = captured.step(generator, draft, check)
                 acc, nxt, ranks = step.accepted, step.next_token, step.ranks
                 res.tree_depth.append(step.tree_depth)
                 res.drafted.append(step.drafted)

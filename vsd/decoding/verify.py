@@ -69,51 +69,57 @@ def accept_sampled(
     loop counts: no host read (the captured T > 0 step). ``u`` (``plan.accept_draws``,) uniforms. Returns
     (accepted (N,) bool, next token (1,) long).
 
-    The walk is the same recursive rejection sampling: at each level the current node's children are tried in
-    sample order (rank); a rejected token x turns the target row into the normalised residual max(p - q, 0) and
-    removes x from the draft row q. Every level runs ``plan.level_kmax`` tries whatever happened, with each
-    update applied only where it is live (``torch.where``), so the result equals the host walk's law."""
+    The same recursive rejection sampling, in two parts. First, for every row at once (the root and each node),
+    the sequence the host walk would go through while rejecting that row's children in sample order: before
+    child j the target row p_j and draft row q_j (p_0, q_0 the warped rows; rejecting token x makes
+    p_{j+1} = norm(max(p_j - q_j, 0)) and q_{j+1} = q_j without x, renormalised), keeping only p_j(x_j), q_j(x_j)
+    and the residual after the last child. Then the walk down the tree: at each level the first child with
+    u q_j(x_j) < p_j(x_j) is accepted; if none is, the next token is drawn from that row's residual (at a leaf,
+    from its own target row: the bonus token). Every row and level runs whatever happens, so nothing is read on
+    the host, and the law is the host walk's."""
     dev = logits.device
     n = tree.size
-    p_all = warp(logits, dcfg.temperature, dcfg.target_top_k, dcfg.top_p)  # (N+1, V)
-    q_all = tree.child_dists.float().to(dev)
+    p = warp(logits, dcfg.temperature, dcfg.target_top_k, dcfg.top_p)  # (N+1, V)
+    q = tree.child_dists.float().to(dev)
     if tree.dist_ids is not None:
-        q_all = q_all.new_zeros(p_all.shape).index_copy_(1, tree.dist_ids.to(dev), q_all)
+        q = q.new_zeros(p.shape).index_copy_(1, tree.dist_ids.to(dev), q)
     valid = tree.valid if tree.valid is not None else torch.ones(n, dtype=torch.bool, device=dev)
-    tokens, kids = tree.tokens, plan.kids
-    zero = torch.zeros(1, dtype=torch.long, device=dev)
-    row = zero  # the current node's row (0 = the root)
-    p, q = p_all[0], q_all[0]
+    kids = plan.kids.to(dev)  # (N+1, k) child of rank j of each row, -1 when absent from the template
+    real = (kids >= 0) & torch.cat([valid, valid.new_zeros(1)])[kids]  # index -1 reads the appended False
+    toks = torch.cat([tree.tokens.to(dev), tree.tokens.new_zeros(1)])[kids]  # (N+1, k)
+    width = max(plan.level_kmax)
+    p_at, q_at = [], []
+    p0 = p
+    for j in range(width):
+        x = toks[:, j : j + 1]
+        p_at.append(p.gather(1, x))
+        q_at.append(q.gather(1, x))
+        rej = real[:, j : j + 1]  # a row moves on only while it has a j-th child to reject
+        res = (p - q).clamp(min=0.0)
+        s = res.sum(1, keepdim=True)
+        # rounding can empty the residual only where p == q; then p itself is the residual
+        p = torch.where(rej, torch.where(s > 0, res / s.clamp(min=1e-30), p0), p)
+        qx = q.scatter(1, x, 0.0)
+        qs = qx.sum(1, keepdim=True)
+        q = torch.where(rej, torch.where(qs > 0, qx / qs.clamp(min=1e-30), qx), q)
+    p_at, q_at = torch.cat(p_at, 1), torch.cat(q_at, 1)  # (N+1, width)
+    row = torch.zeros(1, dtype=torch.long, device=dev)
     live = torch.ones(1, dtype=torch.bool, device=dev)
     acc = torch.zeros(n, dtype=torch.bool, device=dev)
-    j = 0
+    nodes = torch.arange(n, device=dev)
+    off = 0
     for kmax in plan.level_kmax:
-        moved = torch.zeros(1, dtype=torch.bool, device=dev)
-        nxt_row = row
-        for r in range(kmax):
-            c = kids[:, r].index_select(0, row)  # (1,) child of rank r, or -1
-            cc = c.clamp(min=0)
-            try_it = live & ~moved & (c >= 0) & valid.index_select(0, cc)
-            x = tokens.index_select(0, cc)
-            take = try_it & (u[j] * q.index_select(0, x) < p.index_select(0, x))  # u < min(1, p/q)
-            j += 1
-            moved |= take
-            nxt_row = torch.where(take, c + 1, nxt_row)
-            rej = try_it & ~take
-            res = (p - q).clamp(min=0.0)
-            s = res.sum()
-            # rounding can empty the residual only where p == q; then p itself is the residual
-            res = torch.where(s > 0, res / s.clamp(min=1e-30), p_all.index_select(0, row)[0])
-            p = torch.where(rej, res, p)
-            qx = q.index_fill(0, x, 0.0)
-            qs = qx.sum()
-            q = torch.where(rej, torch.where(qs > 0, qx / qs.clamp(min=1e-30), qx), q)
-        acc |= (torch.arange(n, device=dev) == nxt_row - 1) & moved
+        uj = u[off : off + kmax]
+        off += kmax
+        take = real.index_select(0, row)[0, :kmax] & (
+            uj * q_at.index_select(0, row)[0, :kmax] < p_at.index_select(0, row)[0, :kmax]
+        )  # u < min(1, p/q) without dividing
+        moved = live & take.any()
+        c = kids.index_select(0, row)[0].index_select(0, take.long().argmax().reshape(1))  # the first taken
+        acc |= (nodes == c) & moved
+        row = torch.where(moved, c + 1, row)
         live &= moved
-        row = nxt_row
-        p = torch.where(moved, p_all.index_select(0, row)[0], p)
-        q = torch.where(moved, q_all.index_select(0, row)[0], q)
-    return acc, sample_at(p, u[j : j + 1])
+    return acc, sample_at(p.index_select(0, row)[0], u[off : off + 1])
 
 
 def verify_sampled(
