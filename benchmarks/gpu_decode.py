@@ -14,7 +14,7 @@ costs (``--auto-shape``) and every graphed row with the draft head in bf16 (``--
 records its ``temperature``; T>0 draws from one seeded generator per prompt). The lookup branch is off
 (``decoding.ngram_branch=0``). Every method decodes the same prompt ids after a warm-up; tokens/s counts new
 token ids; timers synchronise the device; a step's time splits into draft, verify (target step and
-acceptance) and the rest (host). T=0 output ids are compared with eager and graphed AR (bf16: divergences at
+acceptance; CUDA events around the graphs) and the rest (host, and gaps the device waits for it). T=0 output ids are compared with eager and graphed AR (bf16: divergences at
 near-ties are expected, see docs/eval.md; fp32 with ``--overrides dtype=float32``). Prints a Markdown table and
 writes JSON next to ``--out``.
 """

@@ -60,6 +60,7 @@ def test_captured_step_is_reused_across_generations(setup, trained):  # noqa: F8
         first = [generate_spec(target, drafter, p, d).tokens for p in prompts[:3]]
         again = [generate_spec(target, drafter, p, d).tokens for p in reversed(prompts[:3])]
     assert len(drafter._steps) == 1 and first == again[::-1]
+    assert not next(iter(drafter._steps.values()))._queued  # no step is queued past the end of a generation
 
 
 def test_captured_step_only_where_it_applies(setup, trained):  # noqa: F811

@@ -1,25 +1,25 @@
-"""The whole speculative step on the device: one fixed pair of graphs per step and one host read.
+"""The whole speculative step on the device: a fixed pair of captured graphs per step and one host read.
 
 The per-call path (:func:`vsd.decoding.engine.generate_spec` with a drafter's ``propose``/``commit``) pays host
 work between its graphs: the target step's inputs, verification's small ops and readback, the KV keep, the
 draft commit's table. Here every value the next piece needs stays on the device:
 
-- **draft graph**: commit the pending entries (the root and the accepted path, with their target features) to
-  the draft head's cache, then draft the next tree: :func:`vsd.decoding.tree.grow_greedy` at T = 0, the
-  template tree of :func:`vsd.decoding.tree.grow_sampled` (Gumbel-top-k per level, absent nodes masked) at
-  T > 0. The tree lands in persistent buffers.
 - **verify graph**: the target's forward over [root, tree] with the tree mask and positions built from the
   committed length (a device tensor), acceptance (:func:`vsd.decoding.verify.accept_greedy`, or the fixed-loop
   recursive rejection sampling :func:`vsd.decoding.verify.accept_sampled`), the KV keep of root + accepted path,
-  the draft diagnostics (:class:`vsd.decoding.engine.DraftStats`), and the next step's pending entries.
+  the draft diagnostics (:class:`vsd.decoding.engine.DraftStats`), and the next commit's pending entries;
+- **draft graph**: commit the pending entries (the root and the accepted path, with their target features) to
+  the draft head's cache, then draft the next tree: :func:`vsd.decoding.tree.grow_greedy` at T = 0, the template
+  tree of :func:`vsd.decoding.tree.grow_sampled` (Gumbel-top-k per level, absent nodes masked) at T > 0. The
+  tree lands in persistent buffers.
 
 Per step the host queues the verify graph, the copy of one small vector (accepted count, next token, the path's
-tokens and ranks, the tree's depth and size) and the next tree's draft graph, then waits for the copy alone:
-its bookkeeping and the engine's stop rule run while the device drafts (the tree queued after a generation's
-last step goes unused). Random numbers at T > 0 are drawn
-into one buffer before each step from the caller's generator, so the graphs hold no generator state. With
-``decoding.capture=static`` (and on a CPU) the same code runs eagerly: the tests hold it to plain AR and to the
-target's distribution there.
+tokens and ranks, the tree's depth and size) and the next tree's draft graph, and waits for the copy alone;
+unless the new tokens end the generation it queues the following step at once, before the engine's
+bookkeeping, so the device stays busy while the host works (the tree drafted after a generation's last step
+goes unused). Random numbers at T > 0 are drawn into buffers before each step from the caller's generator, so
+the graphs hold no generator state. With ``decoding.capture=static`` (and on a CPU) the same code runs eagerly:
+the tests hold it to plain AR and to the target's distribution there.
 """
 
 from __future__ import annotations
@@ -105,12 +105,14 @@ class CapturedStep:
         self.stats.allocate(dev)
         self.capture = target_runner.capture and draft.capture
         self.g_draft = self.g_verify = None
+        self._copied: torch.cuda.Event | None = None
+        self._queued = False
         if self.capture:
             # capture_graph's warm-up runs really step; the state is set afresh by start() anyway
             self.g_draft, _ = capture_graph(self._draft)
             self.g_verify, _ = capture_graph(self._verify, self.g_draft.pool())
 
-    # ------------------------------------------------------------------------------------- the two pieces
+    # ------------------------------------------------------------------------------------- the two graphs
     def _draft(self) -> None:
         dr, t = self.dr, self.tree
         x = dr._commit_table_device(self.pend_ids, self.pend_count, self.draft_length)
@@ -219,6 +221,7 @@ class CapturedStep:
         self._host_length, self._host_draft = len(prompt_ids), dr.length
         self.stats.calib.zero_()
         self.stats.rank_counts.zero_()
+        self._queued = False  # a step queued by an interrupted generation is overwritten by the next one
         self._draft_next(generator, timer)
         self._host_draft += 1  # the first tree's commit: the root
 
@@ -228,13 +231,16 @@ class CapturedStep:
         else:
             buf.copy_(torch.rand(buf.shape, generator=generator, device=generator.device))
 
-    def _draft_next(self, generator, timer) -> None:
-        """Queue the next tree: its random numbers (T > 0), then the draft graph."""
-        # the commit writes depth + 1 fixed rows, then tree level d >= 1 sits at (d - 1) k + [0, k) after it
+    def _check_draft_slots(self) -> None:
+        # a commit writes depth + 1 fixed rows, then tree level d >= 1 sits at (d - 1) k + [0, k) after it
         if self._host_draft + self.depth + 1 + (self.depth - 1) * self.k > self.dr.max_len:
             raise UserError(
                 f"decoding.max_len: {self.dr.max_len} KV slots are too few for this generation (draft)"
             )
+
+    def _draft_next(self, generator, timer) -> None:
+        """Queue the next tree: its random numbers (T > 0), then the draft graph."""
+        self._check_draft_slots()
         if self.sampled:
             self._uniform(self.noise, generator)
         with timer:
@@ -243,10 +249,8 @@ class CapturedStep:
             else:
                 self._draft()
 
-    def step(self, generator, draft_timer, verify_timer) -> StepOutcome:
-        """Verify the drafted tree and commit, queue the host copy of the outcome, queue the next tree, then
-        wait for the copy: the host's bookkeeping of this step overlaps the next tree's drafting. (After the
-        last step of a generation that tree goes unused.)"""
+    def _launch(self, generator, draft_timer, verify_timer) -> None:
+        """Queue one step: verify the drafted tree and commit, the host copy of the outcome, the next tree."""
         if self._host_length + self.n + 1 > self.tr.max_len:
             raise UserError(f"decoding.max_len: {self.tr.max_len} KV slots are too few for this generation")
         if self.sampled:
@@ -257,14 +261,27 @@ class CapturedStep:
             else:
                 self._verify()
         self.read_host.copy_(self.read_dev, non_blocking=self.capture)
-        copied = torch.cuda.Event() if self.capture else None
-        if copied is not None:
-            copied.record()
+        if self.capture:
+            self._copied = torch.cuda.Event()
+            self._copied.record()
         self._draft_next(generator, draft_timer)  # its slot check bounds this step's commit by depth + 1
-        if copied is not None:
-            copied.synchronize()
+        self._queued = True
+
+    def step(self, generator, draft_timer, verify_timer, more=None) -> StepOutcome:
+        """The outcome of the next step. The step is queued (if it is not already) and the host waits for the
+        copy of its outcome alone, while the device drafts the next tree; when ``more(new tokens)`` says the
+        generation goes on, the following step is queued at once, so the device keeps working through the
+        caller's bookkeeping. (The tree drafted after a generation's last step goes unused.)"""
+        if not self._queued:
+            self._launch(generator, draft_timer, verify_timer)
+        if self._copied is not None:
+            self._copied.synchronize()
+        self._queued = False
         v = self.read_host.tolist()
         a, d = v[0], self.depth
         self._host_length += a + 1
         self._host_draft += a + 1
-        return StepOutcome(v[2 : 2 + a], v[1], v[2 + d : 2 + d + a], v[2 + 2 * d], v[3 + 2 * d])
+        out = StepOutcome(v[2 : 2 + a], v[1], v[2 + d : 2 + d + a], v[2 + 2 * d], v[3 + 2 * d])
+        if more is not None and more([*out.accepted, out.next_token]):
+            self._launch(generator, draft_timer, verify_timer)
+        return out

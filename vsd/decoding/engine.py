@@ -257,7 +257,12 @@ def generate_spec(
         stop = _stop_index(tokens, 0, eos, dcfg.max_new_tokens)
         while stop is None:
             if captured is not None:
-                step = captured.step(generator, draft, check)
+                n_have = len(tokens)  # the next step is queued unless these tokens end the generation
+
+                def more(new: list[int], n_have: int = n_have) -> bool:
+                    return not eos.intersection(new) and n_have + len(new) < dcfg.max_new_tokens
+
+                step = captured.step(generator, draft, check, more)
                 acc, nxt, ranks = step.accepted, step.next_token, step.ranks
                 res.tree_depth.append(step.tree_depth)
                 res.drafted.append(step.drafted)
