@@ -24,6 +24,8 @@ the tests hold it to plain AR and to the target's distribution there.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
@@ -202,7 +204,12 @@ class CapturedStep:
 
     # ------------------------------------------------------------------------------------- host API
     def start(
-        self, prompt_ids: list[int], prompt_features: torch.Tensor, root: int, generator, timer
+        self,
+        prompt_ids: list[int],
+        prompt_features: torch.Tensor,
+        root: int,
+        generator: torch.Generator | None,
+        timer: AbstractContextManager,
     ) -> None:
         """New generation after the target's prefill: commit the prompt to the draft head (all but its last
         entry, which waits for the root), set the step's state and draft the first tree."""
@@ -238,28 +245,35 @@ class CapturedStep:
                 f"decoding.max_len: {self.dr.max_len} KV slots are too few for this generation (draft)"
             )
 
-    def _draft_next(self, generator, timer) -> None:
+    @staticmethod
+    def _run(
+        graph: torch.cuda.CUDAGraph | None, eager: Callable[[], None], timer: AbstractContextManager
+    ) -> None:
+        with timer:
+            if graph is not None:
+                graph.replay()
+            else:
+                eager()
+
+    def _draft_next(self, generator: torch.Generator | None, timer: AbstractContextManager) -> None:
         """Queue the next tree: its random numbers (T > 0), then the draft graph."""
         self._check_draft_slots()
         if self.sampled:
             self._uniform(self.noise, generator)
-        with timer:
-            if self.g_draft is not None:
-                self.g_draft.replay()
-            else:
-                self._draft()
+        self._run(self.g_draft, self._draft, timer)
 
-    def _launch(self, generator, draft_timer, verify_timer) -> None:
+    def _launch(
+        self,
+        generator: torch.Generator | None,
+        draft_timer: AbstractContextManager,
+        verify_timer: AbstractContextManager,
+    ) -> None:
         """Queue one step: verify the drafted tree and commit, the host copy of the outcome, the next tree."""
         if self._host_length + self.n + 1 > self.tr.max_len:
             raise UserError(f"decoding.max_len: {self.tr.max_len} KV slots are too few for this generation")
         if self.sampled:
             self._uniform(self.draws, generator)
-        with verify_timer:
-            if self.g_verify is not None:
-                self.g_verify.replay()
-            else:
-                self._verify()
+        self._run(self.g_verify, self._verify, verify_timer)
         self.read_host.copy_(self.read_dev, non_blocking=self.capture)
         if self.capture:
             self._copied = torch.cuda.Event()
@@ -267,7 +281,13 @@ class CapturedStep:
         self._draft_next(generator, draft_timer)  # its slot check bounds this step's commit by depth + 1
         self._queued = True
 
-    def step(self, generator, draft_timer, verify_timer, more=None) -> StepOutcome:
+    def step(
+        self,
+        generator: torch.Generator | None,
+        draft_timer: AbstractContextManager,
+        verify_timer: AbstractContextManager,
+        more: Callable[[list[int]], bool] | None = None,
+    ) -> StepOutcome:
         """The outcome of the next step. The step is queued (if it is not already) and the host waits for the
         copy of its outcome alone, while the device drafts the next tree; when ``more(new tokens)`` says the
         generation goes on, the following step is queued at once, so the device keeps working through the
