@@ -267,9 +267,7 @@ def generate_spec(
                 res.tree_depth.append(step.tree_depth)
                 res.drafted.append(step.drafted)
             else:
-                acc, nxt, ranks = _host_step(
-                    target, drafter, runner, root, dcfg, generator, stats, res, draft, check
-                )
+                acc, nxt, ranks = _host_step(drafter, runner, root, dcfg, generator, stats, res, draft, check)
             res.target_forwards += 1
             res.accepted_ranks.append(ranks)
             res.accepted.append(len(acc))
@@ -285,7 +283,7 @@ def generate_spec(
 
 
 def _host_step(
-    target, drafter: Drafter, runner, root: int, dcfg: DecodingConfig, generator, stats: DraftStats,
+    drafter: Drafter, runner, root: int, dcfg: DecodingConfig, generator, stats: DraftStats,
     res: GenResult, draft: _Timer, check: _Timer,
 ) -> tuple[list[int], int, list[int]]:  # fmt: skip
     """One per-call speculative step: propose, the target step, verification, KV keep, commit. Returns (accepted
