@@ -161,3 +161,34 @@ def test_fixed_loop_acceptance_has_the_host_walks_law(broken):
     assert any(len(k[0]) == 2 for k in seen) and any(
         len(k[0]) == 0 for k in seen
     )  # deep accepts and rejections
+
+
+def test_too_few_slots_on_the_captured_path_is_a_one_line_user_error(setup, trained):  # noqa: F811
+    from vsd.errors import UserError
+
+    cfg, target, *_ = setup
+    head, prompts = trained
+    d = _dcfg(cfg, max_len=len(prompts[0]) + 20)
+    drafter = EagleDrafter(head)
+    with one_thread(), pytest.raises(UserError, match="decoding.max_len"):
+        generate_spec(target, drafter, prompts[0], d)
+    assert drafter._steps  # raised by the captured step's own slot check
+
+
+def test_captured_chain_at_t1_and_a_one_token_prompt(setup, trained):  # noqa: F811
+    """Chain mode samples a one-child template; a prompt of one token commits nothing before the first tree."""
+    cfg, target, *_ = setup
+    head, prompts = trained
+    with one_thread():
+        for d, prompt in (
+            (_dcfg(cfg, mode="chain", temperature=1.0), prompts[0]),
+            (_dcfg(cfg), prompts[0][:1]),
+        ):
+            res = generate_spec(
+                target, EagleDrafter(head), prompt, d, generator=torch.Generator().manual_seed(1)
+            )
+            assert (
+                len(res.tokens) == d.max_new_tokens and [len(r) for r in res.accepted_ranks] == res.accepted
+            )
+            if d.temperature == 0:
+                assert res.tokens == generate_ar(target, prompt, d).tokens
