@@ -61,6 +61,12 @@ def test_captured_step_is_reused_across_generations(setup, trained):  # noqa: F8
         again = [generate_spec(target, drafter, p, d).tokens for p in reversed(prompts[:3])]
     assert len(drafter._steps) == 1 and first == again[::-1]
     assert not next(iter(drafter._steps.values()))._queued  # no step is queued past the end of a generation
+    # each result keeps its own diagnostics: the next generation's accumulators are not its tensors
+    with one_thread():
+        r1 = generate_spec(target, drafter, prompts[0], d)
+        kept = r1.calib.clone(), r1.rank_counts.clone()
+        generate_spec(target, drafter, prompts[1], d)
+    assert torch.equal(r1.calib, kept[0]) and torch.equal(r1.rank_counts, kept[1])
 
 
 def test_captured_step_only_where_it_applies(setup, trained):  # noqa: F811
@@ -192,3 +198,24 @@ def test_captured_chain_at_t1_and_a_one_token_prompt(setup, trained):  # noqa: F
             )
             if d.temperature == 0:
                 assert res.tokens == generate_ar(target, prompt, d).tokens
+
+
+@pytest.mark.parametrize(
+    "shape", [dict(depth=4, top_k=3, total_tokens=3), dict(depth=2, top_k=2, total_tokens=8)]
+)  # fewer nodes than the depth; more nodes asked for than a greedy tree of this depth and width can hold
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_captured_step_with_small_trees(setup, trained, shape, temperature):  # noqa: F811
+    cfg, target, *_ = setup
+    head, prompts = trained
+    d = _dcfg(cfg, temperature=temperature, **shape)
+    with one_thread():
+        cap = generate_spec(
+            target, EagleDrafter(head), prompts[0], d, generator=torch.Generator().manual_seed(2)
+        )
+        if temperature == 0:
+            per_call = generate_spec(
+                target, EagleDrafter(head), prompts[0], dataclasses.replace(d, captured_step=False)
+            )
+            assert cap.tokens == per_call.tokens == generate_ar(target, prompts[0], d).tokens
+            assert cap.accepted == per_call.accepted and cap.drafted == per_call.drafted
+    assert len(cap.tokens) == d.max_new_tokens

@@ -211,7 +211,8 @@ class DecodingConfig:
     capture: str = "none"  # none | cuda_graph (GPU; eager fallback without CUDA) | static (graph path, eager)
     max_len: int = 4096  # static KV slots per generation (capture != none): prompt + new tokens + one tree
     # capture != none, eagle3 drafter, no lookup branch: the whole speculative step (draft tree, verify,
-    # acceptance, KV keep) as two captured graphs with one host read (vsd/decoding/captured_step.py);
+    # acceptance, KV keep) as two captured graphs with one host read (vsd/decoding/captured_step.py); it drafts
+    # one tree ahead, so max_len also needs depth + (depth - 1) * top_k draft slots past the generation;
     # false: the per-call graphs with host work between them
     captured_step: bool = True
     # the draft head's dtype while decoding: target (the target's: bf16 for real targets) | float32 | bfloat16 |

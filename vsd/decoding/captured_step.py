@@ -35,7 +35,7 @@ from vsd.decoding.draft_runner import GraphDraftRunner, _Grow
 from vsd.decoding.drafter import DraftTree
 from vsd.decoding.engine import DraftStats
 from vsd.decoding.runner import GraphRunner
-from vsd.decoding.tree import grow_sampled, template_plan, tree_budget
+from vsd.decoding.tree import grow_sampled, max_pool_nodes, template_plan, tree_budget
 from vsd.decoding.verify import accept_greedy, accept_sampled
 from vsd.errors import UserError
 from vsd.runtime import capture_graph
@@ -68,11 +68,13 @@ class CapturedStep:
             n = self.plan.size
             vd = draft.token_map.numel()
             self.noise = torch.zeros(self.plan.noise_rows, vd, device=draft.device)
-            self.draws = torch.zeros(self.plan.accept_draws, device=dev)
+            # float64: the last one inverts the target's CDF (a float32 grid would leave tokens undrawable)
+            self.draws = torch.zeros(self.plan.accept_draws, device=dev, dtype=torch.float64)
         else:
-            self.plan, n = None, self.total
+            self.plan, n = None, min(self.total, max_pool_nodes(dcfg))  # grow_greedy keeps at most its pool
         self.n = n  # tree nodes (fixed)
-        c = self.depth + 1  # pending entries: the root and at most depth accepted nodes
+        self.path = min(self.depth, n)  # most nodes one step accepts
+        c = self.path + 1  # pending entries: the root and the accepted nodes
         long = dict(dtype=torch.long, device=dev)
         # ---- state that persists across replays (allocated outside every graph)
         self.length = torch.zeros(1, **long)  # target: committed entries
@@ -100,9 +102,9 @@ class CapturedStep:
         if self.sampled:  # the template's shape is fixed: only tokens, log-probs, presence and rows change
             for name in ("parents", "depths", "ancestors", "ranks"):
                 getattr(self.tree, name).copy_(getattr(self.plan, name))
-        self.read_dev = torch.zeros(4 + 2 * self.depth, **long)
+        self.read_dev = torch.zeros(4 + 2 * self.path, **long)
         pin = dev.type == "cuda"
-        self.read_host = torch.zeros(4 + 2 * self.depth, dtype=torch.long, pin_memory=pin)
+        self.read_host = torch.zeros(4 + 2 * self.path, dtype=torch.long, pin_memory=pin)
         self._grow_io = _Grow(draft.token_map.numel(), draft.device)
         self.stats.allocate(dev)
         self.capture = target_runner.capture and draft.capture
@@ -168,10 +170,10 @@ class CapturedStep:
             acc, nxt = accept_greedy(t, logits)
         count = acc.sum().reshape(1)
         ar = torch.arange(n, device=dev)
-        path = torch.where(acc, ar, n).sort().values[: self.depth]  # accepted nodes by depth, then n
+        path = torch.where(acc, ar, n).sort().values[: self.path]  # accepted nodes by depth, then n
         keep = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), path + 1]).clamp(max=n)
         cache = tr.cache
-        src, dst = length + keep, length + torch.arange(self.depth + 1, device=dev)
+        src, dst = length + keep, length + torch.arange(self.path + 1, device=dev)
         cache.k.index_copy_(3, dst, cache.k.index_select(3, src))
         cache.v.index_copy_(3, dst, cache.v.index_select(3, src))
         self.stats.accumulate(t, torch.cat([torch.ones(1, dtype=torch.bool, device=dev), acc]))
@@ -179,7 +181,7 @@ class CapturedStep:
         # the token that follows it (the path's next token, then the new root)
         tok_ext = torch.cat([t.tokens.to(dev), torch.zeros(1, dtype=torch.long, device=dev)])
         path_tok = tok_ext.index_select(0, path.clamp(max=n))
-        r = torch.arange(self.depth + 1, device=dev)
+        r = torch.arange(self.path + 1, device=dev)
         follow = torch.where(r < count, torch.cat([path_tok, nxt]), nxt)
         dd = self.dr.device
         self.pend_ids.copy_(follow.to(dd))
@@ -229,6 +231,7 @@ class CapturedStep:
         self.stats.calib.zero_()
         self.stats.rank_counts.zero_()
         self._queued = False  # a step queued by an interrupted generation is overwritten by the next one
+        self._check_draft_slots()
         self._draft_next(generator, timer)
         self._host_draft += 1  # the first tree's commit: the root
 
@@ -236,13 +239,16 @@ class CapturedStep:
         if generator is None or generator.device == buf.device:
             buf.uniform_(generator=generator)
         else:
-            buf.copy_(torch.rand(buf.shape, generator=generator, device=generator.device))
+            buf.copy_(torch.rand(buf.shape, generator=generator, device=generator.device, dtype=buf.dtype))
 
     def _check_draft_slots(self) -> None:
-        # a commit writes depth + 1 fixed rows, then tree level d >= 1 sits at (d - 1) k + [0, k) after it
-        if self._host_draft + self.depth + 1 + (self.depth - 1) * self.k > self.dr.max_len:
+        # a commit writes path + 1 fixed rows, then tree level d >= 1 sits at (d - 1) k + [0, k) after it; the
+        # captured step drafts one tree ahead, so this holds even for the tree after a generation's last step
+        need = self.path + 1 + (self.depth - 1) * self.k
+        if self._host_draft + need > self.dr.max_len:
             raise UserError(
-                f"decoding.max_len: {self.dr.max_len} KV slots are too few for this generation (draft)"
+                f"decoding.max_len: {self.dr.max_len} KV slots are too few for this generation (the draft's "
+                f"cache needs the committed tokens + {need} for the tree drafted ahead)"
             )
 
     @staticmethod
@@ -256,8 +262,7 @@ class CapturedStep:
                 eager()
 
     def _draft_next(self, generator: torch.Generator | None, timer: AbstractContextManager) -> None:
-        """Queue the next tree: its random numbers (T > 0), then the draft graph."""
-        self._check_draft_slots()
+        """Queue the next tree: its random numbers (T > 0), then the draft graph (slots checked by the caller)."""
         if self.sampled:
             self._uniform(self.noise, generator)
         self._run(self.g_draft, self._draft, timer)
@@ -271,6 +276,7 @@ class CapturedStep:
         """Queue one step: verify the drafted tree and commit, the host copy of the outcome, the next tree."""
         if self._host_length + self.n + 1 > self.tr.max_len:
             raise UserError(f"decoding.max_len: {self.tr.max_len} KV slots are too few for this generation")
+        self._check_draft_slots()  # before anything runs: a failed check leaves the state as it was
         if self.sampled:
             self._uniform(self.draws, generator)
         self._run(self.g_verify, self._verify, verify_timer)
@@ -298,7 +304,7 @@ class CapturedStep:
             self._copied.synchronize()
         self._queued = False
         v = self.read_host.tolist()
-        a, d = v[0], self.depth
+        a, d = v[0], self.path
         self._host_length += a + 1
         self._host_draft += a + 1
         out = StepOutcome(v[2 : 2 + a], v[1], v[2 + d : 2 + d + a], v[2 + 2 * d], v[3 + 2 * d])

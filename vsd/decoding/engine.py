@@ -40,7 +40,9 @@ class GenResult:
     accepted: list[int] = field(default_factory=list)  # per step: accepted draft tokens (bonus excluded)
     tree_depth: list[int] = field(default_factory=list)  # per step: max depth of the verified tree
     wall_s: float = 0.0  # synchronised wall time of the whole generation (prefill included)
-    draft_s: float = 0.0  # time inside drafter.propose/commit (on CUDA: the span on the device's timeline)
+    # time inside drafter.propose/commit (on CUDA: the span on the device's timeline); a captured step drafts one
+    # tree ahead, so its draft_s includes one unused tree per generation
+    draft_s: float = 0.0
     verify_s: float = 0.0  # time in the target step and verification (the same clock as draft_s)
     top2_gap: list[float] | None = None  # AR only, if asked: top1-top2 target logit gap per position
     # per step: the draft's sibling ranks along the accepted path (empty when nothing was accepted)
@@ -144,9 +146,11 @@ class DraftStats:
         return int(vals[0]), [int(v) for v in vals[1:]]
 
     def finish(self, res: GenResult) -> None:
+        # copies: the captured step reuses its accumulators for the next generation (.cpu() of a CPU tensor
+        # would hand out the live buffer)
         if self.calib is not None:
-            res.calib = self.calib.view(self.depth, CALIB_BINS, 3).cpu()
-            res.rank_counts = self.rank_counts.view(self.depth, self.ranks, 2).cpu()
+            res.calib = self.calib.view(self.depth, CALIB_BINS, 3).to("cpu", copy=True)
+            res.rank_counts = self.rank_counts.view(self.depth, self.ranks, 2).to("cpu", copy=True)
 
 
 def _pick(logits: torch.Tensor, dcfg: DecodingConfig, generator: torch.Generator | None) -> int:
