@@ -103,7 +103,8 @@ def _prompt_file(path, records):
 LONG = "word " * 3000  # > 2,048 positions of tiny_random
 
 
-def _run_file_suite(tmp_path, records, *extra):
+def _file_suite_config(tmp_path, records, *extra):
+    """A small n-gram eval of ``records`` written to a prompt file (eval stage only, 8 new tokens)."""
     prompts = _prompt_file(tmp_path / "prompts.jsonl", records)
     overrides = [
         "experiment=smoke",
@@ -113,12 +114,15 @@ def _run_file_suite(tmp_path, records, *extra):
         f"eval.prompts={prompts}",
         "eval.per_category=10",
         "eval.warmup=0",
-        "eval.ar_baseline=false",
         "decoding.max_new_tokens=8",
         "threads=1",
         *extra,
     ]
-    dcfg, _ = compose(overrides)[0]
+    return compose(overrides)[0][0]
+
+
+def _run_file_suite(tmp_path, records, *extra):
+    dcfg = _file_suite_config(tmp_path, records, "eval.ar_baseline=false", *extra)
     threads = torch.get_num_threads()
     try:
         return execute(dcfg, tmp_path / "run")
@@ -236,21 +240,7 @@ def test_an_interrupted_eval_resumes_where_it_stopped(tmp_path, monkeypatch):
         {"id": "b", "turns": ["Count to five."]},
         {"id": "c", "turns": ["Name a colour.", "Why that one?"]},
     ]
-    prompts = _prompt_file(tmp_path / "prompts.jsonl", records)
-    overrides = [
-        "experiment=smoke",
-        "decoding=ngram",
-        "decoding.temperature=1.0",
-        "stages=[eval]",
-        "eval.suite=file",
-        f"eval.prompts={prompts}",
-        "eval.per_category=10",
-        "eval.warmup=0",
-        "eval.peers=[]",
-        "decoding.max_new_tokens=8",
-        "threads=1",
-    ]
-    dcfg, _ = compose(overrides)[0]
+    dcfg = _file_suite_config(tmp_path, records, "decoding.temperature=1.0", "eval.peers=[]")
     threads = torch.get_num_threads()
     calls = []
     real_turn = EvalRunner.run_turn
