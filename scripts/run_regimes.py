@@ -1,6 +1,7 @@
 """The regime experiment (docs/results.md, "Regimes"): every job is a plain `python run.py ...`, several at once.
 
-  python scripts/run_regimes.py --gpu --jobs 16           # one GPU, 16 processes (how the records were made)
+  python scripts/run_regimes.py --gpu --jobs 16           # one GPU, 16 processes
+  python scripts/run_regimes.py --gpu --gpus 2 --jobs 24  # two GPUs, 12 processes each
   python scripts/run_regimes.py --jobs 2                  # this CPU: the same jobs (days here)
   python scripts/run_regimes.py --tiny --jobs 2           # a rehearsal on the tiny random model (minutes)
 
@@ -10,8 +11,12 @@ Phases, each waiting for the previous one:
      shared by every later eval: python -m vsd.evaluation.reference);
   2. every arm (experiment=regime_{eagle3,vsd,eagle3_time,power}) x regime x seed: train, then the T=0
      reference eval (eval=regimes); the tree regime runs only its VSD arm (its EAGLE-3 arms are the control's);
-  3. T=1 decoded evals of the EAGLE-3 and VSD arms (a subset of the prompts: T=1 cannot use the reference);
-     with phase 2 in the same call, each arm's T=1 eval follows it in the same worker (no idle tail).
+  3. T=1 decoded evals of the EAGLE-3 and VSD arms on the same 140 turns and 256 new tokens (T=1 cannot use
+     the reference, so they decode; without the AR baseline, which tau does not need: each MT-Bench turn 2
+     follows the arm's own turn-1 sample, a draw from the target's law whatever the draft); with phase 2 in the
+     same call, each arm's T=1 eval follows it in the same worker (no idle tail).
+Order: VSD arms first (the slowest), then EAGLE-3, the power control and the equal-time arm, so a stopped
+call has the pairs before the controls.
 A job whose run.json says completed is skipped, so rerunning continues after a stop (each training resumes
 from its own checkpoint). Jobs write under --root (default outputs/regimes); logs in <root>/logs/.
 """
@@ -22,6 +27,7 @@ import argparse
 import concurrent.futures as cf
 import json
 import os
+import queue
 import subprocess
 import sys
 import time
@@ -55,7 +61,8 @@ TINY_STEPS = {
     "regime_eagle3_time": 6,
     "regime_power": 2,
 }
-T1 = ["eval.method=decode", "decoding.temperature=1.0", "eval.per_category=4", "decoding.max_new_tokens=128"]
+T1 = ["eval.method=decode", "decoding.temperature=1.0", "eval.ar_baseline=false"]
+PRIORITY = ("regime_vsd", "regime_eagle3", "regime_power", "regime_eagle3_time")
 
 
 def completed(run_dir: Path) -> bool:
@@ -65,38 +72,58 @@ def completed(run_dir: Path) -> bool:
         return False
 
 
-def job(overrides: list[str], run_dir: Path, log_dir: Path) -> tuple[str, int, float]:
-    """Run one `python run.py` job unless it already completed; returns (name, exit code, seconds)."""
+def job(overrides: list[str], run_dir: Path, log_dir: Path, gpu: int | None = None) -> tuple[str, int, float]:
+    """Run one `python run.py` job unless it already completed; returns (name, exit code, seconds).
+    ``gpu``: the card it sees (CUDA_VISIBLE_DEVICES), None to leave the environment as it is."""
     name = str(run_dir.relative_to(log_dir.parent)).replace("/", "_")
     if completed(run_dir):
         return name, 0, 0.0
     t0 = time.time()
     cmd = [sys.executable, "run.py", *overrides, f"hydra.run.dir={run_dir}"]
+    env = None if gpu is None else {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}
     with open(log_dir / f"{name}.log", "w") as log:
         log.write(" ".join(cmd) + "\n")
         log.flush()
-        rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     return name, rc, time.time() - t0
 
 
 Job = tuple[list[str], Path]
 
 
-def chain(jobs: list[Job], log_dir: Path) -> list[tuple[str, int, float]]:
+def chain(jobs: list[Job], log_dir: Path, gpu: int | None = None) -> list[tuple[str, int, float]]:
     """Run jobs one after another (a T=1 eval after the arm it evaluates); stop at the first failure."""
     done = []
     for overrides, run_dir in jobs:
-        done.append(job(overrides, run_dir, log_dir))
+        done.append(job(overrides, run_dir, log_dir, gpu))
         if done[-1][1]:
             break
     return done
 
 
-def run_phase(label: str, chains: list[list[Job]], workers: int, log_dir: Path) -> list[str]:
+def gpu_slots(workers: int, gpus: int) -> queue.Queue:
+    """One token per worker, naming the card its jobs see: worker i -> GPU i mod ``gpus`` (0: no choice), so
+    each card runs ``workers / gpus`` processes at any time whatever order the jobs finish in."""
+    slots: queue.Queue = queue.Queue()
+    for i in range(workers):
+        slots.put(i % gpus if gpus else None)
+    return slots
+
+
+def run_phase(label: str, chains: list[list[Job]], workers: int, log_dir: Path, gpus: int = 0) -> list[str]:
     print(f"[regimes] {label}: {sum(map(len, chains))} jobs, {workers} at once", flush=True)
     failed = []
+    slots = gpu_slots(workers, gpus)
+
+    def on_slot(c: list[Job]) -> list[tuple[str, int, float]]:
+        gpu = slots.get()
+        try:
+            return chain(c, log_dir, gpu)
+        finally:
+            slots.put(gpu)
+
     with cf.ThreadPoolExecutor(workers) as pool:
-        for results in pool.map(lambda c: chain(c, log_dir), chains):
+        for results in pool.map(on_slot, chains):
             for name, rc, secs in results:
                 print(
                     f"[regimes]   {name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} {secs:.0f}s",
@@ -119,14 +146,25 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=2, help="processes at once")
     ap.add_argument("--gpu", action="store_true", help="device=cuda, captured decoding, data on the GPU")
+    ap.add_argument(
+        "--gpus", type=int, default=0, help="spread the processes over this many cards (0: as found)"
+    )
     ap.add_argument("--tiny", action="store_true", help="rehearse on the tiny random model")
     ap.add_argument("--root", type=Path, default=ROOT / "outputs" / "regimes")
     ap.add_argument("--seeds", type=int_list, default="0,1,2", help="comma-separated seeds")
     ap.add_argument("--phases", type=int_list, default="1,2,3", help="comma-separated, of 1,2,3")
+    ap.add_argument(
+        "--arms", default=",".join(a.removeprefix("regime_") for a in ARMS), help="comma-separated"
+    )
     args = ap.parse_args(argv)
     seeds, phases = args.seeds, set(args.phases)
     if not phases <= {1, 2, 3}:
         ap.error(f"--phases: {args.phases} names a phase other than 1, 2, 3")
+    wanted = [f"regime_{a}" for a in args.arms.split(",")]
+    if unknown := [a.removeprefix("regime_") for a in wanted if a not in ARMS]:
+        ap.error(f"--arms: {unknown} not among {[a.removeprefix('regime_') for a in ARMS]}")
+    if args.gpus < 0 or (args.gpus and not args.gpu):
+        ap.error("--gpus needs --gpu and a count >= 1")
     root = args.root.resolve()
     log_dir = root / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -153,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
             stderr=subprocess.STDOUT,
         )
         bases = [[(exp("regime_base", r), root / r / "base")] for r in DATA_REGIMES]
-        failed += run_phase("phase 1: data, features, bases, references", bases, args.jobs, log_dir)
+        failed += run_phase(
+            "phase 1: data, features, bases, references", bases, args.jobs, log_dir, args.gpus
+        )
         if refs.wait():
             failed.append("references")
 
@@ -163,9 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         ov.append(f"run_name=regime-{r}-{arm_dir[arm].replace('_', '-')}")  # the arm, not the base
         return ov, d / "t1"
 
-    arms = [(r, a, s) for s in seeds for r in DATA_REGIMES for a in ARMS]
-    arms += [("tree", "regime_vsd", s) for s in seeds]  # the tree regime's EAGLE-3 arms are the control's
-    arms.sort(key=lambda x: x[1] != "regime_vsd")  # the slowest (VSD) first: a shorter tail
+    arms = [(r, a, s) for s in seeds for r in DATA_REGIMES for a in ARMS if a in wanted]
+    if "regime_vsd" in wanted:
+        arms += [("tree", "regime_vsd", s) for s in seeds]  # the tree regime's EAGLE-3 arms are the control's
+    arms.sort(key=lambda x: PRIORITY.index(x[1]))  # the slowest (VSD) first: a shorter tail; controls last
     with_t1 = {"regime_eagle3", "regime_vsd"}
     if 2 in phases:
         chains = [
@@ -178,10 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         label = "phase 2: arms (train + T=0 reference eval)" + (
             ", each followed by its T=1 eval" if 3 in phases else ""
         )
-        failed += run_phase(label, chains, args.jobs, log_dir)
+        failed += run_phase(label, chains, args.jobs, log_dir, args.gpus)
     elif 3 in phases:
         chains = [[t1(r, a, s)] for r, a, s in arms if a in with_t1]
-        failed += run_phase("phase 3: T=1 decoded evals", chains, args.jobs, log_dir)
+        failed += run_phase("phase 3: T=1 decoded evals", chains, args.jobs, log_dir, args.gpus)
     print(f"[regimes] done; {len(failed)} failed: {failed}", flush=True)
     return 1 if failed else 0
 

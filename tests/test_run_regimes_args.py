@@ -1,4 +1,5 @@
-"""scripts/run_regimes.py: a bad --seeds or --phases is argparse's one-line error, before anything is written."""
+"""scripts/run_regimes.py: a bad --seeds, --phases, --arms or --gpus is argparse's one-line error, before anything is
+written; the GPU slots."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ def _script():
     [
         (["--seeds", "0,x"], "argument --seeds: '0,x' is not a comma-separated list of integers"),
         (["--phases", "2,4"], "--phases: [2, 4] names a phase other than 1, 2, 3"),
+        (["--arms", "vsd,eagle"], "--arms: ['eagle'] not among ['eagle3', 'vsd', 'eagle3_time', 'power']"),
+        (["--gpus", "2"], "--gpus needs --gpu and a count >= 1"),
+        (["--gpu", "--gpus", "-1"], "--gpus needs --gpu and a count >= 1"),
     ],
 )
 def test_bad_arguments_are_one_line_and_write_nothing(tmp_path, capsys, args, message):
@@ -30,3 +34,10 @@ def test_bad_arguments_are_one_line_and_write_nothing(tmp_path, capsys, args, me
     assert e.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)
     assert not (tmp_path / "root").exists()
+
+
+def test_gpu_slots_spread_workers_over_cards():
+    slots = _script().gpu_slots(5, 2)
+    assert [slots.get_nowait() for _ in range(5)] == [0, 1, 0, 1, 0]
+    none = _script().gpu_slots(3, 0)
+    assert [none.get_nowait() for _ in range(3)] == [None, None, None]
