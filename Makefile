@@ -41,7 +41,7 @@ figures: $(STAMP)
 	$(PY) -m vsd.analysis.make_figures --runs $(RUNS) --out $(or $(OUT),analysis/figures)
 
 # docs/results.md from the committed records of the paper experiment (docs/records/paper/, compact: one
-# runs.jsonl line per run, docs/records/README.md; sweeps/README.md). Regenerates the page byte for byte.
+# runs.jsonl.gz line per run, docs/records/README.md; sweeps/README.md). Regenerates the page byte for byte.
 results: $(STAMP)
 	$(PY) -m vsd.analysis.results --runs docs/records/paper/cpu --page docs/results.md --figures docs/results/cpu
 	$(PY) -m vsd.analysis.results --runs docs/records/paper/gpu --page docs/results.md --figures docs/results/gpu --block gpu

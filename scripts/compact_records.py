@@ -4,7 +4,7 @@
         docs/records/2026-11-26_default_run
 
 Each experiment part under the given trees (see :func:`find_parts`) is replaced by its compact form,
-``vsd.analysis.record_store.compact``: ``runs.jsonl``, ``part.json`` and, for an Optuna search,
+``vsd.analysis.record_store.compact``: ``runs.jsonl.gz``, ``part.json`` and, for an Optuna search,
 ``trials.jsonl``. Files outside any part (bench JSONs, a profile script and its output) are left as they are.
 Each tree is collected before and after (runs, per-prompt rows, training logs, as vsd.analysis reads them), and
 the script fails unless the frames are equal. Compact parts hold no raw records, so a second run changes nothing.

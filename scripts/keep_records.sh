@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Keep a sweep's (or a run's) records in the repo in the compact form (docs/records/README.md), replacing DST:
 #   scripts/keep_records.sh multirun/paper/main docs/records/paper/cpu/main
-# DST gets runs.jsonl (one line per run: run.json, config.json, metrics.json, data_card.json, eval.jsonl,
+# DST gets runs.jsonl.gz (gzip; one line per run: run.json, config.json, metrics.json, data_card.json, eval.jsonl,
 # train_log.jsonl, run.log), part.json (sweep_summary.json, multirun.yaml, job logs) and, for an Optuna search,
 # trials.jsonl (its study.db's trials). Dropped: draft weights, pickles, .hydra/ copies, W&B folders.
 # Runs vsd.analysis.record_store.compact (python -m vsd.analysis.keep); vsd.analysis reads DST as it reads raw

@@ -92,7 +92,7 @@ def test_real_sweep_compacted_collects_the_same_frames(
         done = compact(sweep, sweep)
         assert done.dropped[".hydra/"] > 0 and done.dropped["draft/"] > 0 and not done.notes
     kept = [p.name for p in (tmp_path / "kept").rglob("*") if p.is_file()]
-    assert sorted(set(kept)) == ["part.json", "runs.jsonl"] and len(kept) == 2 * len(SWEEPS)
+    assert sorted(set(kept)) == ["part.json", "runs.jsonl.gz"] and len(kept) == 2 * len(SWEEPS)
     frames = {}
     for side in ("raw", "kept"):
         monkeypatch.chdir(tmp_path / side)  # relative paths: run_dir and run_id compare equal too

@@ -8,6 +8,7 @@ in tests/test_analysis_real.py.
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import warnings
@@ -112,7 +113,7 @@ def test_single_run_part_expands_back(tmp_path: Path, monkeypatch: pytest.Monkey
         "run.json",
         "train_log.jsonl",
     ]
-    row = json.loads((tmp_path / "kept" / "run" / RUNS_FILE).read_text())
+    row = json.loads(gzip.decompress((tmp_path / "kept" / "run" / RUNS_FILE).read_bytes()))
     assert row["path"] == "." and row["files"]["run.json"] == json.loads((raw / "run.json").read_text())
     assert open_run(tmp_path / "kept" / "run").read_json("metrics.json") == json.loads(
         (raw / "metrics.json").read_text()
@@ -131,7 +132,7 @@ def test_a_run_inside_a_run_is_its_own_record(tmp_path: Path, monkeypatch: pytes
     (arm / "rank1" / "run.json").write_text(json.dumps({"status": "completed", "rank": 1}))
     done = compact(tmp_path / "raw" / "part", tmp_path / "kept" / "part")
     assert done.runs == 2
-    rows = [json.loads(line) for line in (tmp_path / "kept" / "part" / RUNS_FILE).read_text().splitlines()]
+    rows = [json.loads(line) for line in gzip.open(tmp_path / "kept" / "part" / RUNS_FILE, "rt")]
     assert [r["path"] for r in rows] == ["vsd/seed0", "vsd/seed0/t1"]
     assert "rank1/run.json" in rows[0]["files"] and not any(k.startswith("t1/") for k in rows[0]["files"])
     runs, _, _ = assert_same_frames(tmp_path / "raw", tmp_path / "kept", "part", monkeypatch)
@@ -203,3 +204,22 @@ def test_expand_refuses_a_folder_that_is_not_compact(
     assert f"no {RUNS_FILE}" in capsys.readouterr().err and not (tmp_path / "out").exists()
     with pytest.raises(RecordError, match="not a compact records folder"):
         expand(tmp_path, tmp_path / "out")
+
+
+def test_parts_are_gzip_with_fixed_bytes_and_plain_parts_still_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same runs compact to the same bytes (no gzip timestamp); a part written before compression (a plain
+    runs.jsonl) reads as the gzip one does."""
+    write_run(tmp_path / "raw" / "part" / "a", seed=0)
+    write_run(tmp_path / "raw" / "part" / "b", seed=1)
+    compact(tmp_path / "raw" / "part", tmp_path / "kept" / "part")
+    first = (tmp_path / "kept" / "part" / RUNS_FILE).read_bytes()
+    compact(tmp_path / "raw" / "part", tmp_path / "again" / "part")
+    assert (tmp_path / "again" / "part" / RUNS_FILE).read_bytes() == first
+    plain = tmp_path / "plain" / "part"
+    plain.mkdir(parents=True)
+    (plain / "runs.jsonl").write_bytes(gzip.decompress(first))
+    runs, _, _ = assert_same_frames(tmp_path / "raw", tmp_path / "plain", "part", monkeypatch)
+    assert sorted(runs["seed"]) == [0, 1]
+    assert open_run(plain / "b").read_json("run.json")["seed"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -112,8 +113,8 @@ def test_keep_records_keeps_the_compact_form_without_weights(tmp_path: Path) -> 
     dst = tmp_path / "kept"
     r = subprocess.run([str(script), str(tmp_path / "multirun"), str(dst)], capture_output=True, text=True)
     assert r.returncode == 0 and "kept 1 run records" in r.stdout, r.stderr
-    assert sorted(p.name for p in dst.iterdir()) == ["part.json", "runs.jsonl"]
-    row = json.loads((dst / "runs.jsonl").read_text())
+    assert sorted(p.name for p in dst.iterdir()) == ["part.json", "runs.jsonl.gz"]
+    row = json.loads(gzip.decompress((dst / "runs.jsonl.gz").read_bytes()))
     assert row["path"] == "0" and row["files"]["metrics.json"] == json.loads(
         (src / "metrics.json").read_text()
     )
@@ -123,7 +124,7 @@ def test_keep_records_keeps_the_compact_form_without_weights(tmp_path: Path) -> 
     }
     assert collect_runs(dst)["run_dir"].tolist() == [str(dst / "0")]  # read as the raw folder was
     r = subprocess.run([str(script), str(tmp_path / "nope"), str(dst)], capture_output=True, text=True)
-    assert r.returncode == 1 and "no such folder" in r.stderr and (dst / "runs.jsonl").exists()
+    assert r.returncode == 1 and "no such folder" in r.stderr and (dst / "runs.jsonl.gz").exists()
 
 
 def test_tau_vs_samples_draws_the_vsd_curve(records: Path, monkeypatch: pytest.MonkeyPatch) -> None:

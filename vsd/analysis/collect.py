@@ -2,7 +2,7 @@
 
 A run directory is any folder holding ``run.json`` (see vsd/records.py); single runs live under
 ``outputs/<run_name>/<timestamp>/`` and multirun jobs under ``multirun/<timestamp>/<job_num>/``; both are found
-by a recursive search, and so are compacted runs (lines of a part's ``runs.jsonl``, the form docs/records keeps
+by a recursive search, and so are compacted runs (lines of a part's ``runs.jsonl.gz``, the form docs/records keeps
 them in: vsd/analysis/record_store.py), which give the same rows. Folders that look like a run but cannot be
 read (no or corrupt ``run.json`` / ``config.json``, a completed run without a readable ``metrics.json``) are
 reported by name, as a warning and in ``df.attrs["problems"]``, and skipped. Failed and unfinished runs are

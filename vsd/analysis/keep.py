@@ -1,6 +1,6 @@
 """Keep run records compact: ``python -m vsd.analysis.keep SRC DST`` (what scripts/keep_records.sh runs).
 
-SRC is a sweep folder, a run folder or a folder of them; DST becomes the compact part (runs.jsonl, part.json,
+SRC is a sweep folder, a run folder or a folder of them; DST becomes the compact part (runs.jsonl.gz, part.json,
 trials.jsonl; vsd/analysis/record_store.py) and is replaced. ``--expand PART DST`` writes a compact part back
 as raw run folders. Bad input (no such folder, no run.json below SRC, an unreadable file) is one line on
 stderr and exit status 1, with nothing written.

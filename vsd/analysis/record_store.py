@@ -1,9 +1,12 @@
-"""Where a run's records live: its raw run folder, or one line of a part's compact ``runs.jsonl``.
+"""Where a run's records live: its raw run folder, or one line of a part's compact ``runs.jsonl.gz``.
 
 ``python run.py`` writes a run's records into its run folder (vsd/records.py). The repo keeps them compact
 (docs/records/README.md), one folder per experiment *part* (a sweep folder, or a single run's folder):
 
-- ``runs.jsonl``: one line per run, ``{"path": <run folder relative to the part>, "files": {<name>: <content>}}``
+- ``runs.jsonl.gz``: one line per run, ``{"path": <run folder relative to the part>, "files": {<name>: <content>}}``,
+  gzip-compressed (per-prompt eval rows compress ~6x, and the repo travels to the GPU machine whole; written
+  with no timestamp, so the same runs give the same bytes). A plain ``runs.jsonl`` (parts written before
+  2026-11-29) is read the same way
   holding the run's record files: ``run.json`` (provenance: git SHA, dirty flag, versions, machine, seed, dates,
   status), ``config.json`` (the resolved config), ``metrics.json``, ``data_card.json``, ``eval.jsonl`` (the
   per-prompt rows), ``train_log.jsonl``, ``run.log``, ...
@@ -25,6 +28,8 @@ was compacted from (it need not exist); :class:`StoredRun` reads a run's files i
 from __future__ import annotations
 
 import functools
+import gzip
+import io
 import json
 import os
 import re
@@ -37,7 +42,18 @@ from typing import Any
 
 import yaml
 
-RUNS_FILE, PART_FILE, TRIALS_FILE = "runs.jsonl", "part.json", "trials.jsonl"
+RUNS_FILE, PART_FILE, TRIALS_FILE = "runs.jsonl.gz", "part.json", "trials.jsonl"
+RUNS_FILES = (
+    RUNS_FILE,
+    "runs.jsonl",
+)  # what a part's runs file may be called, the plain one from older parts
+
+
+def runs_file(part: Path) -> Path | None:
+    """The part folder's runs file, or None when it is not a compact part."""
+    return next((part / n for n in RUNS_FILES if (part / n).is_file()), None)
+
+
 FORMAT = 1  # part.json's "format": bump when the layout above changes
 
 # Record files whose presence marks a folder as (a piece of) a run directory.
@@ -73,7 +89,7 @@ def _read_json(path: Path) -> Any:
 def read_jsonl(path: Path, problems: list[Problem]) -> list[dict[str, Any]]:
     """Rows of a JSONL file; an unreadable line (e.g. a half-written last line) is reported and skipped."""
     rows = []
-    with open(path) as fh:
+    with gzip.open(path, "rt") if path.suffix == ".gz" else open(path) as fh:
         for i, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -139,7 +155,7 @@ class StoredRun:
 
 
 def read_part(runs_file: Path, problems: list[Problem]) -> list[StoredRun]:
-    """The runs of one compact ``runs.jsonl``; a line without ``path``/``files`` is reported and skipped."""
+    """The runs of one compact runs file; a line without ``path``/``files`` is reported and skipped."""
     out = []
     for i, row in enumerate(read_jsonl(runs_file, problems), 1):
         if not isinstance(row.get("path"), str) or not isinstance(row.get("files"), dict):
@@ -156,7 +172,7 @@ def find_runs(paths: str | Path | Iterable[str | Path], problems: list[Problem])
     seen = {d.run_dir for d in raw}
     compact = []
     for root in roots:
-        for f in sorted(root.rglob(RUNS_FILE)):
+        for f in sorted(f for name in RUNS_FILES for f in root.rglob(name)):
             for r in read_part(f, problems):
                 if r.run_dir in seen:  # the raw folder is still there: it wins
                     continue
@@ -174,12 +190,11 @@ def _part_index(runs_file: str, mtime_ns: int, size: int) -> dict[str, StoredRun
 
 
 def open_run(run_dir: str | Path) -> StoredRun:
-    """A run by its ``run_dir`` (a frame's column): its raw folder, or its line in the part's ``runs.jsonl``."""
+    """A run by its ``run_dir`` (a frame's column): its raw folder, or its line in the part's runs file."""
     d = Path(run_dir)
     if not (d / "run.json").is_file():
         for parent in (d, *d.parents):
-            f = parent / RUNS_FILE
-            if f.is_file():
+            if (f := runs_file(parent)) is not None:
                 st = f.stat()
                 run = _part_index(str(f), st.st_mtime_ns, st.st_size).get(d.relative_to(parent).as_posix())
                 if run is not None:
@@ -284,9 +299,9 @@ def compact(src: str | Path, dst: str | Path) -> Compacted:
     if not src.is_dir():
         raise RecordError(f"{src}: no such folder")
     if dst.exists() and dst.resolve() != src.resolve():
-        if not dst.is_dir() or (any(dst.iterdir()) and not (dst / RUNS_FILE).is_file()):
+        if not dst.is_dir() or (any(dst.iterdir()) and runs_file(dst) is None):
             raise RecordError(f"{dst}: exists and is not a compact records folder; not replacing it")
-    if already := next(src.rglob(RUNS_FILE), None):
+    if already := next((f for name in RUNS_FILES for f in src.rglob(name)), None):
         raise RecordError(f"{already}: {src} holds compact records already; compact raw run folders only")
     run_dirs = [d for d in find_run_dirs(src) if (d / "run.json").is_file()]
     if not run_dirs:
@@ -322,7 +337,7 @@ def compact(src: str | Path, dst: str | Path) -> Compacted:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        with open(tmp / RUNS_FILE, "w", encoding="utf-8") as fh:
+        with io.TextIOWrapper(gzip.GzipFile(tmp / RUNS_FILE, "wb", mtime=0), encoding="utf-8") as fh:
             for d, files in runs.items():
                 row = {
                     "path": d.relative_to(src).as_posix(),
@@ -346,10 +361,10 @@ def compact(src: str | Path, dst: str | Path) -> Compacted:
 def expand(part: str | Path, dst: str | Path) -> int:
     """Write a compact part back as raw run folders under ``dst`` (JSON re-indented); returns the run count."""
     part, dst = Path(part), Path(dst)
-    if not (part / RUNS_FILE).is_file():
+    if (f := runs_file(part)) is None:
         raise RecordError(f"{part}: no {RUNS_FILE} (not a compact records folder)")
     problems: list[Problem] = []
-    runs = read_part(part / RUNS_FILE, problems)
+    runs = read_part(f, problems)
     meta = _read_json(part / PART_FILE) if (part / PART_FILE).is_file() else {}
     files = [(dst / rel, c) for rel, c in meta.get("files", {}).items()]
     for r in runs:
