@@ -9,13 +9,13 @@ Phases, each waiting for the previous one:
   1. per data regime (control, source, sampled): data, features and the EAGLE-3 warm-up base
      (experiment=regime_base); beside them, the target's greedy continuations of the eval prompts (cached,
      shared by every later eval: python -m vsd.evaluation.reference);
-  2. every arm (experiment=regime_{eagle3,vsd,eagle3_time,power}) x regime x seed: train, then the T=0
+  2. every arm (experiment=regime_{eagle3,vsd,vsd_token,eagle3_time,power}) x regime x seed: train, then the T=0
      reference eval (eval=regimes); the tree regime runs only its VSD arm (its EAGLE-3 arms are the control's);
-  3. T=1 decoded evals of the EAGLE-3 and VSD arms on the same 140 turns and 256 new tokens (T=1 cannot use
+  3. T=1 decoded evals of the EAGLE-3 and both VSD arms on the same 140 turns and 256 new tokens (T=1 cannot use
      the reference, so they decode; without the AR baseline, which tau does not need: each MT-Bench turn 2
      follows the arm's own turn-1 sample, a draw from the target's law whatever the draft); with phase 2 in the
      same call, each arm's T=1 eval follows it in the same worker (no idle tail).
-Order: VSD arms first (the slowest), then EAGLE-3, the power control and the equal-time arm, so a stopped
+Order: the VSD arms first (the slowest), then EAGLE-3, the power control and the equal-time arm, so a stopped
 call has the pairs before the controls.
 A job whose run.json says completed is skipped, so rerunning continues after a stop (each training resumes
 from its own checkpoint). Jobs write under --root (default outputs/regimes); logs in <root>/logs/.
@@ -35,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_REGIMES = ("control", "source", "sampled")
-ARMS = ("regime_eagle3", "regime_vsd", "regime_eagle3_time", "regime_power")
+ARMS = ("regime_eagle3", "regime_vsd", "regime_vsd_token", "regime_eagle3_time", "regime_power")
 GPU = [
     "device=cuda",
     "decoding.capture=cuda_graph",
@@ -58,11 +58,12 @@ TINY_STEPS = {
     "regime_base": 4,
     "regime_eagle3": 4,
     "regime_vsd": 4,
+    "regime_vsd_token": 4,
     "regime_eagle3_time": 6,
     "regime_power": 2,
 }
 T1 = ["eval.method=decode", "decoding.temperature=1.0", "eval.ar_baseline=false"]
-PRIORITY = ("regime_vsd", "regime_eagle3", "regime_power", "regime_eagle3_time")
+PRIORITY = ("regime_vsd", "regime_vsd_token", "regime_eagle3", "regime_power", "regime_eagle3_time")
 
 
 def completed(run_dir: Path) -> bool:
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     if "regime_vsd" in wanted:
         arms += [("tree", "regime_vsd", s) for s in seeds]  # the tree regime's EAGLE-3 arms are the control's
     arms.sort(key=lambda x: PRIORITY.index(x[1]))  # the slowest (VSD) first: a shorter tail; controls last
-    with_t1 = {"regime_eagle3", "regime_vsd"}
+    with_t1 = {"regime_eagle3", "regime_vsd", "regime_vsd_token"}
     if 2 in phases:
         chains = [
             [

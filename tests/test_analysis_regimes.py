@@ -42,6 +42,20 @@ def test_pooled_seed_variance_uses_arms_with_several_seeds():
     assert dof == 2 and abs(var - 0.01) < 1e-12
 
 
+def test_pooled_seed_variance_by_temperature():
+    """T=1 comparisons get the T=1 arms' seed variance (decoding noise included), not the T=0 one."""
+    df = pd.DataFrame(
+        {
+            "regime": ["r"] * 6,
+            "T": [0.0, 0.0, 0.0, 1.0, 1.0, 1.0],
+            "arm": ["vsd"] * 6,
+            "eval/tau": [1.0, 1.2, 1.1, 1.0, 1.4, 1.2],
+        }
+    )
+    assert abs(pooled_seed_var(df, 0.0)[0] - 0.01) < 1e-12 and abs(pooled_seed_var(df, 1.0)[0] - 0.04) < 1e-12
+    assert pooled_seed_var(df)[1] == 4
+
+
 def test_a_page_without_vsd_runs_renders(tmp_path):
     """The regime page from records that hold no VSD run yet (a reproduction still training): the arms and the
     EAGLE-3 − base row, no diagnostics rows (it raised KeyError on the empty diagnostics)."""
@@ -52,7 +66,7 @@ def test_a_page_without_vsd_runs_renders(tmp_path):
 
     part = Path(__file__).resolve().parents[1] / "docs" / "records" / "regimes" / "gpu" / "source"
     assert keep.main(["--expand", str(part), str(tmp_path / "raw")]) == 0
-    for arm in ("vsd", "eagle3_time", "power"):
+    for arm in ("vsd", "vsd_token", "eagle3_time", "power"):
         shutil.rmtree(tmp_path / "raw" / arm)
     assert keep.main([str(tmp_path / "raw"), str(tmp_path / "kept" / "source")]) == 0
     page = tmp_path / "page.md"

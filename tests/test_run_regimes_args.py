@@ -23,7 +23,10 @@ def _script():
     [
         (["--seeds", "0,x"], "argument --seeds: '0,x' is not a comma-separated list of integers"),
         (["--phases", "2,4"], "--phases: [2, 4] names a phase other than 1, 2, 3"),
-        (["--arms", "vsd,eagle"], "--arms: ['eagle'] not among ['eagle3', 'vsd', 'eagle3_time', 'power']"),
+        (
+            ["--arms", "vsd,eagle"],
+            "--arms: ['eagle'] not among ['eagle3', 'vsd', 'vsd_token', 'eagle3_time', 'power']",
+        ),
         (["--gpus", "2"], "--gpus needs --gpu and a count >= 1"),
         (["--gpu", "--gpus", "-1"], "--gpus needs --gpu and a count >= 1"),
     ],

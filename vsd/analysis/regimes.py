@@ -11,8 +11,8 @@ their run name (``regime-<regime>-<arm>``). Every comparison is A minus B on the
 - **by prompt**: a bootstrap over prompt turns (resampled jointly for both arms, every available seed pair:
   the same seed where both exist, else each A seed against B's seeds) of tau = sum(new tokens) / sum(target
   forwards): the eval's own noise, which says how large a difference it can resolve;
-- **combined**: the by-prompt variance plus the seed variance of tau pooled over every arm with >= 2 seeds
-  (divided by each arm's seed count): the interval to read when one arm ran a single seed.
+- **combined**: the by-prompt variance plus the seed variance of tau pooled over every arm with >= 2 seeds at
+  the same temperature (divided by each arm's seed count): the interval to read when one arm ran few seeds.
 The smallest difference the eval detects (two-sided 5%, power 80%) is 2.8 combined standard errors.
 Eval diagnostics (``eval/accepted_not_top1``, ``eval/ece``) are recomputed from each run's eval rows by
 vsd.evaluation.metrics, so records written before those metrics existed get them too.
@@ -42,7 +42,9 @@ ARMS = {
     "vsd": "VSD",
     "eagle3-time": "EAGLE-3, equal time",
     "power": "EAGLE-3, half steps",
+    "vsd-token": "VSD, L_M per token",
 }
+VSD_ARMS = ("vsd", "vsd-token")
 # the diagnostics of each VSD run: train keys averaged over its logged steps, held-out keys at its last held-out
 # evaluation (both from train_log.jsonl, so runs whose eval did not finish still show what the E-step did)
 DIAG = {
@@ -67,15 +69,17 @@ def _arm(run_name: str, regime: str) -> str | None:
 
 
 def vsd_diagnostics(runs_dirs: Sequence[str | Path]) -> pd.DataFrame:
-    """One row per VSD run of the regime experiment, completed or not: its E-step diagnostics (see DIAG)."""
+    """One row per VSD run of the regime experiment (either VSD arm), completed or not: its E-step diagnostics
+    (see DIAG)."""
     df = collect_runs(list(runs_dirs), warn=False)
-    df = df[df["run_name"].astype(str).str.match(r"regime-.*-vsd$")]
+    df = df[df["run_name"].astype(str).str.match(r"regime-.*-vsd(-token)?$")]
     rows = []
     for _, run in df.iterrows():
         log = pd.DataFrame(open_run(run["run_dir"]).read_jsonl("train_log.jsonl", []))
         if not len(log):
             continue
-        row = {"regime": run["extra.regime"], "seed": run["seed"], "status": run["status"]}
+        arm = _arm(str(run["run_name"]), str(run["extra.regime"]))
+        row = {"regime": run["extra.regime"], "arm": arm, "seed": run["seed"], "status": run["status"]}
         for k in DIAG:
             if k in log:
                 col = log[k].dropna()
@@ -83,7 +87,9 @@ def vsd_diagnostics(runs_dirs: Sequence[str | Path]) -> pd.DataFrame:
                     float(col.iloc[-1] if k.startswith("heldout/") else col.mean()) if len(col) else math.nan
                 )
         rows.append(row)
-    return pd.DataFrame(rows, columns=["regime", "seed", "status", *DIAG])  # the columns even when empty
+    return pd.DataFrame(
+        rows, columns=["regime", "arm", "seed", "status", *DIAG]
+    )  # the columns even when empty
 
 
 def load(runs_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
@@ -119,10 +125,14 @@ def _runs(df: pd.DataFrame, regime: str, arm: str, T: float = 0.0) -> pd.DataFra
     return df[(df["regime"] == regime) & (df["arm"] == arm) & (df["T"] == T)].sort_values("seed")
 
 
-def pooled_seed_var(df: pd.DataFrame) -> tuple[float, int]:
-    """Seed variance of eval/tau pooled over every (regime, arm) with >= 2 seeds, and its degrees of freedom."""
+def pooled_seed_var(df: pd.DataFrame, T: float | None = None) -> tuple[float, int]:
+    """Seed variance of eval/tau pooled over every (regime, arm) with >= 2 seeds (at temperature ``T``; None:
+    all), and its degrees of freedom."""
     ss, dof = 0.0, 0
-    for _, g in df[df["arm"] != "base"].groupby(["regime", "arm", "T"]):
+    sel = df[df["arm"] != "base"]
+    if T is not None:
+        sel = sel[sel["T"] == T]
+    for _, g in sel.groupby(["regime", "arm", "T"]):
         x = g["eval/tau"].astype(float).to_numpy()
         if len(x) >= 2:
             ss += float(((x - x.mean()) ** 2).sum())
@@ -174,18 +184,19 @@ def _fmt(x: float | None, d: int = 3, signed: bool = True) -> str:
 def comparisons(df: pd.DataFrame, turns: dict[str, pd.DataFrame]) -> list[dict]:
     """Every comparison of the section, in table order."""
     rng = np.random.default_rng(0)
-    seed_var, _ = pooled_seed_var(df)
     rows = []
     plan = [
         ("VSD − EAGLE-3 (equal steps)", "vsd", "eagle3"),
+        ("VSD, L_M per token − EAGLE-3 (equal steps)", "vsd-token", "eagle3"),
         ("VSD − EAGLE-3 (equal wall-clock)", "vsd", "eagle3-time"),
         ("power control: half steps − EAGLE-3", "power", "eagle3"),
         ("EAGLE-3 − base (the arms' 400 steps)", "eagle3", "base"),
     ]
     for T in sorted(df["T"].unique()):
+        seed_var, _ = pooled_seed_var(df, T)
         for r in REGIMES:
             for label, a, b in plan:
-                if r == "tree" and a != "vsd":
+                if r == "tree" and a not in VSD_ARMS:
                     continue  # the tree regime's EAGLE-3 arms and base are the control's
                 c = compare(df, turns, _runs(df, r, a, T), _runs(df, r, b, T), seed_var, rng)
                 if c is not None:
@@ -245,9 +256,12 @@ def comparisons_table(rows: list[dict]) -> list[str]:
 
 def diagnostics_table(diag: pd.DataFrame) -> list[str]:
     cols = [k for k in DIAG if k in diag.columns]
-    out = ["| regime | runs | " + " | ".join(DIAG[k] for k in cols) + " |", "|---|---|" + "---|" * len(cols)]
-    for r in REGIMES:
-        g = diag[diag["regime"] == r] if len(diag) else diag
+    out = [
+        "| regime | arm | runs | " + " | ".join(DIAG[k] for k in cols) + " |",
+        "|---|---|---|" + "---|" * len(cols),
+    ]
+    for r, arm in [(r, a) for a in VSD_ARMS for r in REGIMES]:
+        g = diag[(diag["regime"] == r) & (diag["arm"] == arm)] if len(diag) else diag
         if not len(g):
             continue
         cells = []
@@ -256,7 +270,7 @@ def diagnostics_table(diag: pd.DataFrame) -> list[str]:
             cells.append("–" if not n else f"{m:.3f}" + (f" ± {h:.3f}" if math.isfinite(h) else ""))
         done = int((g["status"] == "completed").sum())
         runs = f"{len(g)}" + (f" ({done} evaluated)" if done < len(g) else "")
-        out.append(f"| {r} | {runs} | " + " | ".join(cells) + " |")
+        out.append(f"| {r} | {ARMS[arm]} | {runs} | " + " | ".join(cells) + " |")
     return out
 
 
@@ -264,35 +278,34 @@ def figures(df: pd.DataFrame, diag: pd.DataFrame, rows: list[dict], out: Path) -
     import matplotlib.pyplot as plt
 
     made: dict[str, str] = {}
-    main = [
-        c
-        for c in rows
-        if c["T"] == 0
-        and (c["label"].startswith("VSD − EAGLE-3 (equal steps)") or c["label"].startswith("power"))
-    ]
-    if main:
+    shown = ("VSD − EAGLE-3 (equal steps)", "VSD, L_M per token − EAGLE-3 (equal steps)", "power control")
+    short = {shown[0]: "VSD", shown[1]: "VSD tok", shown[2]: "power"}
+    temps = sorted({c["T"] for c in rows if c["label"].startswith(shown)})
+    if temps:
         with style():
-            fig, ax = plt.subplots(figsize=(6.4, 3.6))
-            labels = [
-                f"{c['regime']}\n{'VSD−E3' if c['label'].startswith('VSD') else 'power ctl'}" for c in main
-            ]
-            y = [100 * c["rel"] for c in main]
-            base = [c["diff"] / c["rel"] if c["rel"] else math.nan for c in main]
-            # the combined interval needs a seed variance (arms with >= 2 seeds); without one, the by-prompt one
-            combined = all("lo" in c for c in main)
-            lo, hi = ("lo", "hi") if combined else ("prompt_lo", "prompt_hi")
-            err = [
-                [100 * (c["diff"] - c.get(lo, math.nan)) / b for c, b in zip(main, base)],
-                [100 * (c.get(hi, math.nan) - c["diff"]) / b for c, b in zip(main, base)],
-            ]
-            colors = ["#D55E00" if c["label"].startswith("VSD") else "#7F7F7F" for c in main]
-            ax.bar(range(len(main)), y, yerr=err, color=colors, capsize=3)
-            ax.axhline(0, color="black", lw=0.8)
-            ax.set_xticks(range(len(main)), labels, fontsize=8)
-            ax.set_ylabel(f"Δτ vs EAGLE-3 (%), {'combined' if combined else 'by-prompt'} 95% CI")
+            fig, axes = plt.subplots(1, len(temps), figsize=(6.4 * len(temps), 3.6), squeeze=False)
+            for ax, T in zip(axes[0], temps):
+                main = [c for c in rows if c["T"] == T and c["label"].startswith(shown)]
+                kind = [next(k for k in shown if c["label"].startswith(k)) for c in main]
+                labels = [f"{c['regime']}\n{short[k]}" for c, k in zip(main, kind)]
+                y = [100 * c["rel"] for c in main]
+                base = [c["diff"] / c["rel"] if c["rel"] else math.nan for c in main]
+                # the combined interval needs a seed variance (arms with >= 2 seeds); without one, the by-prompt
+                combined = all("lo" in c for c in main)
+                lo, hi = ("lo", "hi") if combined else ("prompt_lo", "prompt_hi")
+                err = [
+                    [100 * (c["diff"] - c.get(lo, math.nan)) / b for c, b in zip(main, base)],
+                    [100 * (c.get(hi, math.nan) - c["diff"]) / b for c, b in zip(main, base)],
+                ]
+                palette = {shown[0]: "#D55E00", shown[1]: "#E69F00", shown[2]: "#7F7F7F"}
+                ax.bar(range(len(main)), y, yerr=err, color=[palette[k] for k in kind], capsize=3)
+                ax.axhline(0, color="black", lw=0.8)
+                ax.set_xticks(range(len(main)), labels, fontsize=6)
+                ax.set_title(f"T={T:g}", fontsize=9)
+                ax.set_ylabel(f"Δτ vs EAGLE-3 (%), {'combined' if combined else 'by-prompt'} 95% CI")
             made["regimes_delta_tau"] = str(save_figure(fig, out, "regimes_delta_tau")[-1])
     vsd = df.loc[(df["arm"] == "vsd") & (df["T"] == 0), ["regime", "seed", "eval/tau"]].merge(
-        diag[["regime", "seed", "train/vsd/novel_frac"]], on=["regime", "seed"]
+        diag.loc[diag["arm"] == "vsd", ["regime", "seed", "train/vsd/novel_frac"]], on=["regime", "seed"]
     )
     if len(vsd):
         with style():
@@ -333,16 +346,23 @@ def render(
     df: pd.DataFrame, turns: dict[str, pd.DataFrame], diag: pd.DataFrame, fig_dir: Path, page_dir: Path
 ) -> str:
     rows = comparisons(df, turns)
-    seed_var, dof = pooled_seed_var(df)
-    n_turns = max((c.get("turns", 0) for c in rows), default=0)
+    evals = []
+    for T in sorted(df["T"].unique()):
+        seed_var, dof = pooled_seed_var(df, T)
+        n_turns = max((c.get("turns", 0) for c in rows if c["T"] == T), default=0)
+        how = "by eval.method=reference" if T == 0 else "decoded"
+        evals.append(
+            f"T={T:g}: {n_turns} test prompt turns per comparison, {how}, seed SD of τ pooled over arms with ≥ 2 "
+            f"seeds {math.sqrt(seed_var):.4f} ({dof} degrees of freedom)"
+        )
     out = [
         "_Generated by `python -m vsd.analysis.regimes`; do not edit by hand._",
         "",
-        f"Runs: {len(df)} completed; git {', '.join(sorted({str(s)[:10] for s in df['git_sha'].dropna()}))}; "
-        f"eval: {n_turns} test prompt turns per run, T=0 by eval.method=reference. Seed SD of τ pooled over "
-        f"arms with ≥ 2 seeds: {math.sqrt(seed_var):.4f} ({dof} degrees of freedom).",
+        f"Runs: {len(df)} completed; git {', '.join(sorted({str(s)[:10] for s in df['git_sha'].dropna()}))}. "
+        + "; ".join(evals)
+        + ".",
         "",
-        "### Arms (τ at T=0 by eval.method=reference; T=1 rows decode a subset)",
+        "### Arms (τ at T=0 by eval.method=reference; at T=1 decoded, the same prompts)",
         "",
         *arms_table(df),
         "",
