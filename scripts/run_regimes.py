@@ -138,6 +138,16 @@ def run_phase(label: str, chains: list[list[Job]], workers: int, log_dir: Path, 
     return failed
 
 
+def arm_runs(seeds: list[int], wanted: list[str]) -> list[tuple[str, str, int]]:
+    """(regime, arm, seed) of phase 2, in the order they start: by PRIORITY (the slowest, VSD, first: a shorter
+    tail; the controls last), then seed, then regime. The tree regime runs only regime_vsd (its EAGLE-3 arms
+    are the control's), after the other regimes' VSD runs."""
+    arms = [(r, a, s) for s in seeds for r in DATA_REGIMES for a in ARMS if a in wanted]
+    if "regime_vsd" in wanted:
+        arms += [("tree", "regime_vsd", s) for s in seeds]
+    return sorted(arms, key=lambda x: PRIORITY.index(x[1]))  # stable: seed, then regime, within an arm
+
+
 def int_list(text: str) -> list[int]:
     """'0,1,2' -> [0, 1, 2]; anything else is argparse's one-line usage error."""
     try:
@@ -207,10 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         ov.append(f"run_name=regime-{r}-{arm_dir[arm].replace('_', '-')}")  # the arm, not the base
         return ov, d / "t1"
 
-    arms = [(r, a, s) for s in seeds for r in DATA_REGIMES for a in ARMS if a in wanted]
-    if "regime_vsd" in wanted:
-        arms += [("tree", "regime_vsd", s) for s in seeds]  # the tree regime's EAGLE-3 arms are the control's
-    arms.sort(key=lambda x: PRIORITY.index(x[1]))  # the slowest (VSD) first: a shorter tail; controls last
+    arms = arm_runs(seeds, wanted)
     with_t1 = {"regime_eagle3", "regime_vsd", "regime_vsd_token"}
     if 2 in phases:
         chains = [

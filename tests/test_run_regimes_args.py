@@ -44,3 +44,23 @@ def test_gpu_slots_spread_workers_over_cards():
     assert [slots.get_nowait() for _ in range(5)] == [0, 1, 0, 1, 0]
     none = _script().gpu_slots(3, 0)
     assert [none.get_nowait() for _ in range(3)] == [None, None, None]
+
+
+def test_arm_runs_order_and_filter():
+    """Phase 2's runs: the VSD arms first, the controls last; tree only for regime_vsd; --arms filters."""
+    runs = _script().arm_runs([0, 1], ["regime_power", "regime_eagle3", "regime_vsd", "regime_vsd_token"])
+    assert [a for _, a, _ in runs] == ["regime_vsd"] * 8 + ["regime_vsd_token"] * 6 + [
+        "regime_eagle3"
+    ] * 6 + ["regime_power"] * 6
+    assert runs[:4] == [
+        ("control", "regime_vsd", 0),
+        ("source", "regime_vsd", 0),
+        ("sampled", "regime_vsd", 0),
+        ("control", "regime_vsd", 1),
+    ]
+    assert {r for r, a, _ in runs if r == "tree"} == {"tree"} and all(
+        a == "regime_vsd" for r, a, _ in runs if r == "tree"
+    )
+    assert _script().arm_runs([0], ["regime_eagle3"]) == [
+        (r, "regime_eagle3", 0) for r in ("control", "source", "sampled")
+    ]
