@@ -304,40 +304,49 @@ def figures(df: pd.DataFrame, diag: pd.DataFrame, rows: list[dict], out: Path) -
                 ax.set_title(f"T={T:g}", fontsize=9)
                 ax.set_ylabel(f"Δτ vs EAGLE-3 (%), {'combined' if combined else 'by-prompt'} 95% CI")
             made["regimes_delta_tau"] = str(save_figure(fig, out, "regimes_delta_tau")[-1])
-    vsd = df.loc[(df["arm"] == "vsd") & (df["T"] == 0), ["regime", "seed", "eval/tau"]].merge(
-        diag.loc[diag["arm"] == "vsd", ["regime", "seed", "train/vsd/novel_frac"]], on=["regime", "seed"]
+    vsd = df.loc[df["arm"].isin(VSD_ARMS) & (df["T"] == 0), ["regime", "arm", "seed", "eval/tau"]].merge(
+        diag[["regime", "arm", "seed", "train/vsd/novel_frac"]], on=["regime", "arm", "seed"]
     )
     if len(vsd):
         with style():
             fig, ax = plt.subplots(figsize=(5.2, 3.6))
-            for r in REGIMES:
-                g = vsd[vsd["regime"] == r]
-                ref = _runs(df, r, "eagle3")
-                if not len(g) or not len(ref):
-                    continue
-                e3 = float(ref["eval/tau"].mean())
-                ax.scatter(g["train/vsd/novel_frac"], 100 * (g["eval/tau"] / e3 - 1), label=r)
+            colors = dict(zip(REGIMES, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+            for arm, marker in zip(VSD_ARMS, ("o", "^")):
+                for r in REGIMES:
+                    g = vsd[(vsd["regime"] == r) & (vsd["arm"] == arm)]
+                    ref = _runs(df, r, "eagle3")
+                    if not len(g) or not len(ref):
+                        continue
+                    e3 = float(ref["eval/tau"].mean())
+                    y = 100 * (g["eval/tau"] / e3 - 1)
+                    label = f"{r}, {ARMS[arm]}"
+                    ax.scatter(g["train/vsd/novel_frac"], y, color=colors[r], marker=marker, label=label)
             ax.axhline(0, color="black", lw=0.8)
             ax.set_xlabel("E-step novel_frac (training mean)")
-            ax.set_ylabel("VSD τ vs EAGLE-3 τ (%), per seed")
-            ax.legend(fontsize=8)
+            ax.set_ylabel("VSD τ vs EAGLE-3 τ (%), T=0, per seed")
+            ax.legend(fontsize=6)
             made["regimes_delta_vs_novel"] = str(save_figure(fig, out, "regimes_delta_vs_novel")[-1])
-    arms = df[(df["T"] == 0) & df["arm"].isin(["base", "eagle3", "vsd"])]
+    arms = df[(df["T"] == 0) & df["arm"].isin(["base", "eagle3", *VSD_ARMS])]
     if len(arms) and "eval/accepted_not_top1" in arms and arms["eval/accepted_not_top1"].notna().any():
         with style():
-            fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4))
-            names = [("base", "base (before)"), ("eagle3", "EAGLE-3"), ("vsd", "VSD")]
+            fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.8))
+            names = [("base", "base (before)"), ("eagle3", "EAGLE-3")] + [(a, ARMS[a]) for a in VSD_ARMS]
+            names = [(a, label) for a, label in names if len(arms[arms["arm"] == a])]
             regs = [r for r in REGIMES if len(arms[arms["regime"] == r])]
+            width = 0.8 / len(names)
             for ax, key, ylabel in (
                 (axes[0], "eval/accepted_not_top1", "steps accepting off the top-1 chain"),
                 (axes[1], "eval/ece", "calibration error (ECE)"),
             ):
                 for i, (arm, label) in enumerate(names):
                     ys = [_runs(df, r, arm)[key].mean() for r in regs]
-                    ax.bar(np.arange(len(regs)) + (i - 1) * 0.27, ys, width=0.27, label=label)
+                    x = np.arange(len(regs)) + (i - (len(names) - 1) / 2) * width
+                    ax.bar(x, ys, width=width, label=label)
                 ax.set_xticks(range(len(regs)), regs, fontsize=8)
                 ax.set_ylabel(ylabel)
-            axes[0].legend(fontsize=7)
+            handles, labels = axes[0].get_legend_handles_labels()
+            fig.legend(handles, labels, loc="lower center", ncol=len(names), fontsize=7, frameon=False)
+            fig.subplots_adjust(bottom=0.2, wspace=0.35)
             made["regimes_rank_calibration"] = str(save_figure(fig, out, "regimes_rank_calibration")[-1])
     return made
 
