@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from vsd.config.schema import DecodingConfig
-from vsd.decoding.draft_runner import GraphDraftRunner, _Grow
+from vsd.decoding.draft_runner import GraphDraftRunner, GrowBuffers
 from vsd.decoding.drafter import DraftTree
 from vsd.decoding.engine import DraftStats
 from vsd.decoding.runner import GraphRunner
@@ -105,7 +105,7 @@ class CapturedStep:
         self.read_dev = torch.zeros(4 + 2 * self.path, **long)
         pin = dev.type == "cuda"
         self.read_host = torch.zeros(4 + 2 * self.path, dtype=torch.long, pin_memory=pin)
-        self._grow_io = _Grow(draft.token_map.numel(), draft.device)
+        self._grow_io = GrowBuffers(draft.token_map.numel(), draft.device)
         self.stats.allocate(dev)
         self.capture = target_runner.capture and draft.capture
         self.g_draft = self.g_verify = None
@@ -119,8 +119,8 @@ class CapturedStep:
     # ------------------------------------------------------------------------------------- the two graphs
     def _draft(self) -> None:
         dr, t = self.dr, self.tree
-        x = dr._commit_table_device(self.pend_ids, self.pend_count, self.draft_length)
-        logp = dr._core(x, self.pend_feats, dr.max_len)
+        x = dr.commit_table_device(self.pend_ids, self.pend_count, self.draft_length)
+        logp = dr.run_table(x, self.pend_feats, dr.max_len)
         root_logp = logp.index_select(0, self.pend_count - 1)
         length = self.draft_length + self.pend_count
         if self.sampled:
@@ -135,7 +135,7 @@ class CapturedStep:
             g = self._grow_io
             g.root.copy_(root_logp)
             g.length.copy_(length[0])
-            new = dr._grow(g, self.depth, self.k, self.total)
+            new = dr.grow_at(g, self.depth, self.k, self.total)
             for name in ("tokens", "parents", "depths", "ancestors", "ranks", "logq"):
                 getattr(t, name).copy_(getattr(new, name))
         self.draft_length.copy_(length)

@@ -13,7 +13,7 @@ Both runners expose the same calls, so the drafter's tree logic is one code path
 - ``grow_greedy(root_logp, depth, k, total)``: the whole T = 0 tree (:func:`vsd.decoding.tree.grow_greedy`).
 - ``drop_tree()`` forgets every tree entry (the verified ones come back through ``commit``).
 
-Both share the step itself (``_core``): the attention mask is built from a small integer table per row
+Both share the step itself (``run_table``): the attention mask is built from a small integer table per row
 (id, position, slot, committed-prefix limit, input hidden row, output hidden row, visible ancestor slots), the
 K/V rows are written at their slots of preallocated buffers, and hidden outputs go to one preallocated store.
 Log-probs stay in the draft vocab: the tree builders map the few chosen ids to target ids with ``d2t``.
@@ -111,9 +111,10 @@ class _DraftRunner:
         """Forget every entry from ``length`` on (cost measurements redo a commit at the same place)."""
         self.length = self.tree_end = length
 
-    def _core(self, x: torch.Tensor, features: torch.Tensor | None, n_cols: int) -> torch.Tensor:
-        """The step itself (captured on CUDA): x (rows, _EXTRA + w) integer table; features (1, rows, 3H) for
-        committed entries, else the input hiddens come from the store. Attends over slots [0, n_cols)."""
+    def run_table(self, x: torch.Tensor, features: torch.Tensor | None, n_cols: int) -> torch.Tensor:
+        """The step itself (captured on CUDA, by this runner or inside the engine's captured step): x
+        (rows, _EXTRA + w) integer table; features (1, rows, 3H) for committed entries, else the input hiddens
+        come from the store. Attends over slots [0, n_cols). Returns the rows' draft log-probs."""
         if features is not None:
             hidden = self.head.fuse(features)
         else:
@@ -142,7 +143,7 @@ class _DraftRunner:
         x[:, _EXTRA] = x[:, _SLOT]
         return x
 
-    def _commit_table_device(
+    def commit_table_device(
         self, ids: torch.Tensor, count: torch.Tensor, length: torch.Tensor
     ) -> torch.Tensor:
         """:meth:`_commit_table` built on the device for a fixed ``ids.numel()`` rows of which the first ``count``
@@ -202,7 +203,7 @@ class EagerDraftRunner(_DraftRunner):
             self.cache.grow(cap)
             self.cols = torch.arange(cap, device=self.device)
         self.cache.end = end
-        return self._core(x, features, end)
+        return self.run_table(x, features, end)
 
     def commit(self, features: torch.Tensor, ids: list[int]) -> torch.Tensor:
         n = len(ids)
@@ -236,7 +237,7 @@ class _Step:
         self.copied: torch.cuda.Event | None = None
 
 
-class _Grow:
+class GrowBuffers:
     """Inputs, outputs and (on CUDA) the captured graph of one greedy tree shape (depth, k, total)."""
 
     def __init__(self, vocab: int, device):
@@ -256,7 +257,7 @@ class GraphDraftRunner(_DraftRunner):
         self.capture = capture and self.device.type == "cuda"
         self.max_len, self.commit_rows, self.tree_rows, self.width = max_len, commit_rows, tree_rows, depth
         self._steps: dict[tuple[str, int], _Step] = {}
-        self._grows: dict[tuple[int, int, int], _Grow] = {}
+        self._grows: dict[tuple[int, int, int], GrowBuffers] = {}
         self._pool = None
 
     def _widen(self, x: torch.Tensor, n: int) -> torch.Tensor:
@@ -301,9 +302,11 @@ class GraphDraftRunner(_DraftRunner):
         if features is not None:
             s.features[0, :k].copy_(features.to(self.dtype))
         if not (self.capture and n == fixed):
-            return self._core(s.dev, s.features, self.max_len)[:k]
+            return self.run_table(s.dev, s.features, self.max_len)[:k]
         if s.graph is None:
-            s.graph, s.out = capture_graph(lambda: self._core(s.dev, s.features, self.max_len), self._pool)
+            s.graph, s.out = capture_graph(
+                lambda: self.run_table(s.dev, s.features, self.max_len), self._pool
+            )
             self._pool = s.graph.pool()
         s.graph.replay()
         return s.out[:k]
@@ -335,12 +338,13 @@ class GraphDraftRunner(_DraftRunner):
 
         def expand(idx: torch.Tensor, d: int, pool: TensorPool) -> torch.Tensor:
             x = self._level_table(idx, d, pool, length + (d - 1) * k, length, self.width)
-            return self._core(x, None, self.max_len)
+            return self.run_table(x, None, self.max_len)
 
         return expand
 
-    def _grow(self, g: _Grow, depth: int, k: int, total: int) -> DraftTree:
-        """:func:`grow_greedy` after ``g.length`` committed entries (:meth:`expander`)."""
+    def grow_at(self, g: GrowBuffers, depth: int, k: int, total: int) -> DraftTree:
+        """:func:`grow_greedy` from ``g.root`` after ``g.length`` committed entries (:meth:`expander`), with no
+        host value: what this runner's tree graph and the engine's captured step record."""
         tree, _ = grow_greedy(g.root, self.expander(g.length, k), depth, k, total, self.token_map)
         return tree
 
@@ -350,14 +354,14 @@ class GraphDraftRunner(_DraftRunner):
         self._check_slots(self.length + (depth - 1) * k)
         key = (depth, k, total)
         if key not in self._grows:
-            self._grows[key] = _Grow(root_logp.shape[-1], self.device)
+            self._grows[key] = GrowBuffers(root_logp.shape[-1], self.device)
         g = self._grows[key]
         g.root.copy_(root_logp)
         g.length.fill_(self.length)
         if not self.capture:
-            return self._grow(g, depth, k, total)
+            return self.grow_at(g, depth, k, total)
         if g.graph is None:
-            g.graph, g.out = capture_graph(lambda: self._grow(g, depth, k, total), self._pool)
+            g.graph, g.out = capture_graph(lambda: self.grow_at(g, depth, k, total), self._pool)
             self._pool = g.graph.pool()
         g.graph.replay()
         t = g.out
