@@ -69,22 +69,36 @@ T1 = ["eval.method=decode", "decoding.temperature=1.0", "eval.ar_baseline=false"
 PRIORITY = ("regime_vsd", "regime_vsd_token", "regime_eagle3", "regime_power", "regime_eagle3_time")
 
 
-def completed(run_dir: Path) -> bool:
+def completed(run_dir: Path) -> list[str] | None:
+    """The overrides a completed run at ``run_dir`` was made with; None when it is not there or not completed."""
     try:
-        return json.loads((run_dir / "run.json").read_text()).get("status") == "completed"
+        run = json.loads((run_dir / "run.json").read_text())
     except (OSError, ValueError):
-        return False
+        return None
+    return list(run.get("job", {}).get("overrides") or []) if run.get("status") == "completed" else None
 
 
-def job(overrides: list[str], run_dir: Path, log_dir: Path, gpu: int | None = None) -> tuple[str, int, float]:
-    """Run one `python run.py` job unless it already completed; returns (name, exit code, seconds).
-    ``gpu``: the card it sees (CUDA_VISIBLE_DEVICES), None to leave the environment as it is."""
+def card_env(gpu: str | None) -> dict[str, str] | None:
+    """The environment of a job on card ``gpu`` (a name from :func:`gpu_slots`); None: as inherited."""
+    return None if gpu is None else {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+
+
+def job(overrides: list[str], run_dir: Path, log_dir: Path, gpu: str | None = None) -> tuple[str, int, float]:
+    """Run one `python run.py` job unless it already completed with the same overrides; returns (name, exit
+    code, seconds). A run completed with other overrides (an older plan in the same --root) fails the job
+    with a one-line reason: it is neither kept as if it were this job nor overwritten. ``gpu``: the card it
+    sees (CUDA_VISIBLE_DEVICES), None to leave the environment as it is."""
     name = str(run_dir.relative_to(log_dir.parent)).replace("/", "_")
-    if completed(run_dir):
-        return name, 0, 0.0
+    if (done := completed(run_dir)) is not None:
+        if done == overrides:
+            return name, 0, 0.0
+        print(
+            f"[regimes]   {name}: {run_dir} completed with other overrides; remove it or use another --root"
+        )
+        return name, 3, 0.0
     t0 = time.time()
     cmd = [sys.executable, "run.py", *overrides, f"hydra.run.dir={run_dir}"]
-    env = None if gpu is None else {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}
+    env = card_env(gpu)
     with open(log_dir / f"{name}.log", "w") as log:
         log.write(" ".join(cmd) + "\n")
         log.flush()
@@ -95,7 +109,7 @@ def job(overrides: list[str], run_dir: Path, log_dir: Path, gpu: int | None = No
 Job = tuple[list[str], Path]
 
 
-def chain(jobs: list[Job], log_dir: Path, gpu: int | None = None) -> list[tuple[str, int, float]]:
+def chain(jobs: list[Job], log_dir: Path, gpu: str | None = None) -> list[tuple[str, int, float]]:
     """Run jobs one after another (a T=1 eval after the arm it evaluates); stop at the first failure."""
     done = []
     for overrides, run_dir in jobs:
@@ -105,12 +119,25 @@ def chain(jobs: list[Job], log_dir: Path, gpu: int | None = None) -> list[tuple[
     return done
 
 
+def visible_cards(gpus: int) -> list[str]:
+    """The names of the first ``gpus`` cards this process may use: entries of an inherited
+    CUDA_VISIBLE_DEVICES (a scheduler's choice), else indices 0..gpus-1. Raises ValueError when the inherited
+    list names fewer."""
+    inherited = [c for c in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if c.strip()]
+    if not inherited:
+        return [str(i) for i in range(gpus)]
+    if len(inherited) < gpus:
+        raise ValueError(f"--gpus {gpus}: CUDA_VISIBLE_DEVICES names only {len(inherited)} card(s)")
+    return inherited[:gpus]
+
+
 def gpu_slots(workers: int, gpus: int) -> queue.Queue:
-    """One token per worker, naming the card its jobs see: worker i -> GPU i mod ``gpus`` (0: no choice), so
-    each card runs ``workers / gpus`` processes at any time whatever order the jobs finish in."""
+    """One token per worker, naming the card its jobs see: worker i -> card i mod ``gpus`` (0: no choice), so
+    each card runs about ``workers / gpus`` processes at any time whatever order the jobs finish in."""
+    cards = visible_cards(gpus) if gpus else []
     slots: queue.Queue = queue.Queue()
     for i in range(workers):
-        slots.put(i % gpus if gpus else None)
+        slots.put(cards[i % gpus] if gpus else None)
     return slots
 
 
@@ -179,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--arms: {unknown} not among {[a.removeprefix('regime_') for a in ARMS]}")
     if args.gpus < 0 or (args.gpus and not args.gpu):
         ap.error("--gpus needs --gpu and a count >= 1")
+    if args.jobs < 1:
+        ap.error(f"--jobs {args.jobs}: needs at least 1")
+    try:
+        first_card = visible_cards(args.gpus)[0] if args.gpus else None
+    except ValueError as e:
+        ap.error(str(e))
     root = args.root.resolve()
     log_dir = root / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -198,18 +231,20 @@ def main(argv: list[str] | None = None) -> int:
     arm_dir = {a: a.removeprefix("regime_") for a in ARMS}
     failed: list[str] = []
     if 1 in phases:
-        refs = subprocess.Popen(  # the eval prompts' greedy continuations, beside the bases
-            [sys.executable, "-m", "vsd.evaluation.reference", *exp("regime_base", "control")],
-            cwd=ROOT,
-            stdout=open(log_dir / "references.log", "w"),
-            stderr=subprocess.STDOUT,
-        )
-        bases = [[(exp("regime_base", r), root / r / "base")] for r in DATA_REGIMES]
-        failed += run_phase(
-            "phase 1: data, features, bases, references", bases, args.jobs, log_dir, args.gpus
-        )
-        if refs.wait():
-            failed.append("references")
+        with open(log_dir / "references.log", "w") as log:
+            refs = subprocess.Popen(  # the eval prompts' greedy continuations, beside the bases (first card)
+                [sys.executable, "-m", "vsd.evaluation.reference", *exp("regime_base", "control")],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=card_env(first_card),
+            )
+            bases = [[(exp("regime_base", r), root / r / "base")] for r in DATA_REGIMES]
+            failed += run_phase(
+                "phase 1: data, features, bases, references", bases, args.jobs, log_dir, args.gpus
+            )
+            if refs.wait():
+                failed.append("references")
 
     def t1(r: str, arm: str, s: int) -> Job:
         d = root / r / arm_dir[arm] / f"seed{s}"

@@ -75,3 +75,17 @@ def test_a_page_without_vsd_runs_renders(tmp_path):
     assert regimes.main([*args, "--block", "regimes"]) == 0
     text = page.read_text()
     assert "| 0 | source | EAGLE-3 − base (the arms' 400 steps) |" in text and "VSD − EAGLE-3" not in text
+
+
+def test_diagnostics_read_raw_run_folders(tmp_path):
+    """From raw folders (a run just made, not compacted): the T=1 evals of a VSD arm are runs with its name and
+    no train_log.jsonl; they are skipped, not a FileNotFoundError."""
+    from pathlib import Path
+
+    from vsd.analysis import keep, regimes
+
+    part = Path(__file__).resolve().parents[1] / "docs" / "records" / "regimes" / "gpu" / "tree"
+    assert keep.main(["--expand", str(part), str(tmp_path / "raw" / "tree")]) == 0
+    assert (tmp_path / "raw" / "tree" / "vsd" / "seed0" / "t1" / "run.json").is_file()
+    diag = regimes.vsd_diagnostics([tmp_path / "raw"])
+    assert sorted(diag["seed"]) == [0, 1, 2] and set(diag["arm"]) == {"vsd"}

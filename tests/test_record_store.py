@@ -26,6 +26,7 @@ from vsd.analysis.record_store import (
     RecordError,
     compact,
     expand,
+    find_runs,
     open_run,
 )
 
@@ -223,3 +224,22 @@ def test_parts_are_gzip_with_fixed_bytes_and_plain_parts_still_read(
     runs, _, _ = assert_same_frames(tmp_path / "raw", tmp_path / "plain", "part", monkeypatch)
     assert sorted(runs["seed"]) == [0, 1]
     assert open_run(plain / "b").read_json("run.json")["seed"] == 1
+
+
+def test_a_corrupt_gzip_part_and_a_part_with_both_names_are_reported(tmp_path: Path) -> None:
+    """A truncated runs.jsonl.gz gives the rows before the damage and a note, not an exception; a part holding
+    both runs.jsonl and runs.jsonl.gz is read once, from the gzip one, with a note."""
+    for i in range(40):
+        write_run(tmp_path / "raw" / "part" / f"r{i:02d}", seed=i)
+    compact(tmp_path / "raw" / "part", tmp_path / "kept" / "part")
+    f = tmp_path / "kept" / "part" / RUNS_FILE
+    whole = f.read_bytes()
+    f.write_bytes(whole[: len(whole) // 2])
+    problems: list = []
+    runs = find_runs(tmp_path / "kept", problems)
+    assert 0 < len(runs) < 40 and any("unreadable compressed data" in str(p) for p in problems)
+    f.write_bytes(whole)
+    (f.parent / "runs.jsonl").write_text('{"path": "extra", "files": {}}\n')
+    problems = []
+    runs = find_runs(tmp_path / "kept", problems)
+    assert len(runs) == 40 and any("read runs.jsonl.gz only" in str(p) for p in problems)

@@ -5,7 +5,7 @@
 
 - ``runs.jsonl.gz``: one line per run, ``{"path": <run folder relative to the part>, "files": {<name>: <content>}}``,
   gzip-compressed (per-prompt eval rows compress ~6x, and the repo travels to the GPU machine whole; written
-  with no timestamp, so the same runs give the same bytes). A plain ``runs.jsonl`` (parts written before
+  with no timestamp, so the same runs give the same bytes with the same zlib). A plain ``runs.jsonl`` (parts written before
   2026-11-29) is read the same way
   holding the run's record files: ``run.json`` (provenance: git SHA, dirty flag, versions, machine, seed, dates,
   status), ``config.json`` (the resolved config), ``metrics.json``, ``data_card.json``, ``eval.jsonl`` (the
@@ -34,6 +34,7 @@ import json
 import os
 import re
 import shutil
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -82,24 +83,28 @@ class Problem:
 
 
 def _read_json(path: Path) -> Any:
-    with open(path) as fh:
+    with open(path, encoding="utf-8") as fh:
         return json.load(fh)
 
 
 def read_jsonl(path: Path, problems: list[Problem]) -> list[dict[str, Any]]:
     """Rows of a JSONL file; an unreadable line (e.g. a half-written last line) is reported and skipped."""
     rows = []
-    with gzip.open(path, "rt") if path.suffix == ".gz" else open(path) as fh:
-        for i, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                problems.append(Problem(f"{path}:{i}", f"corrupt JSONL line skipped ({e.msg})"))
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        try:
+            for i, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    problems.append(Problem(f"{path}:{i}", f"corrupt JSONL line skipped ({e.msg})"))
+                    continue
+                if isinstance(row, dict):
+                    rows.append(row)
+        except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # a truncated or corrupt compressed file
+            problems.append(Problem(str(path), f"unreadable compressed data ({e}); kept the rows before it"))
     return rows
 
 
@@ -172,7 +177,12 @@ def find_runs(paths: str | Path | Iterable[str | Path], problems: list[Problem])
     seen = {d.run_dir for d in raw}
     compact = []
     for root in roots:
-        for f in sorted(f for name in RUNS_FILES for f in root.rglob(name)):
+        for part in sorted({f.parent for name in RUNS_FILES for f in root.rglob(name)}):
+            f = runs_file(part)
+            if all((part / n).is_file() for n in RUNS_FILES):
+                problems.append(
+                    Problem(str(part), f"holds {' and '.join(RUNS_FILES)}; read {RUNS_FILE} only")
+                )
             for r in read_part(f, problems):
                 if r.run_dir in seen:  # the raw folder is still there: it wins
                     continue

@@ -75,7 +75,10 @@ def vsd_diagnostics(runs_dirs: Sequence[str | Path]) -> pd.DataFrame:
     df = df[df["run_name"].astype(str).str.match(r"regime-.*-vsd(-token)?$")]
     rows = []
     for _, run in df.iterrows():
-        log = pd.DataFrame(open_run(run["run_dir"]).read_jsonl("train_log.jsonl", []))
+        src = open_run(run["run_dir"])
+        if not src.has("train_log.jsonl"):  # an eval-only run of the arm's draft (its T=1 eval)
+            continue
+        log = pd.DataFrame(src.read_jsonl("train_log.jsonl", []))
         if not len(log):
             continue
         arm = _arm(str(run["run_name"]), str(run["extra.regime"]))
