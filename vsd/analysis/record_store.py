@@ -5,8 +5,8 @@
 
 - ``runs.jsonl.gz``: one line per run, ``{"path": <run folder relative to the part>, "files": {<name>: <content>}}``,
   gzip-compressed (per-prompt eval rows compress ~6x, and the repo travels to the GPU machine whole; written
-  with no timestamp, so the same runs give the same bytes with the same zlib). A plain ``runs.jsonl`` (parts written before
-  2026-11-29) is read the same way
+  with no timestamp, so the same runs give the same bytes with the same zlib). A plain ``runs.jsonl`` (parts
+  written by earlier versions) is read the same way
   holding the run's record files: ``run.json`` (provenance: git SHA, dirty flag, versions, machine, seed, dates,
   status), ``config.json`` (the resolved config), ``metrics.json``, ``data_card.json``, ``eval.jsonl`` (the
   per-prompt rows), ``train_log.jsonl``, ``run.log``, ...
@@ -44,10 +44,8 @@ from typing import Any
 import yaml
 
 RUNS_FILE, PART_FILE, TRIALS_FILE = "runs.jsonl.gz", "part.json", "trials.jsonl"
-RUNS_FILES = (
-    RUNS_FILE,
-    "runs.jsonl",
-)  # what a part's runs file may be called, the plain one from older parts
+# what a part's runs file may be called: the plain one is from older parts
+RUNS_FILES = (RUNS_FILE, "runs.jsonl")
 
 
 def runs_file(part: Path) -> Path | None:

@@ -72,7 +72,7 @@ def vsd_diagnostics(runs_dirs: Sequence[str | Path]) -> pd.DataFrame:
     """One row per VSD run of the regime experiment (either VSD arm), completed or not: its E-step diagnostics
     (see DIAG)."""
     df = collect_runs(list(runs_dirs), warn=False)
-    df = df[df["run_name"].astype(str).str.match(r"regime-.*-vsd(-token)?$")]
+    df = df[df["run_name"].astype(str).str.fullmatch(rf"regime-.+-({'|'.join(VSD_ARMS)})")]
     rows = []
     for _, run in df.iterrows():
         src = open_run(run["run_dir"])
@@ -90,9 +90,8 @@ def vsd_diagnostics(runs_dirs: Sequence[str | Path]) -> pd.DataFrame:
                     float(col.iloc[-1] if k.startswith("heldout/") else col.mean()) if len(col) else math.nan
                 )
         rows.append(row)
-    return pd.DataFrame(
-        rows, columns=["regime", "arm", "seed", "status", *DIAG]
-    )  # the columns even when empty
+    # the columns even when empty
+    return pd.DataFrame(rows, columns=["regime", "arm", "seed", "status", *DIAG])
 
 
 def load(runs_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:

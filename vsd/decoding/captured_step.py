@@ -149,9 +149,8 @@ class CapturedStep:
         pos = (length + torch.cat([torch.zeros(1, dtype=torch.long, device=dev), t.depths.to(dev)]))[None]
         slots = length + torch.arange(rows, device=dev)
         block = torch.eye(rows, dtype=torch.bool, device=dev)
-        block[1:, 0].fill_(
-            True
-        )  # fill_: item assignment of a Python number copies a host scalar (no capture)
+        # fill_: item assignment of a Python number copies a host scalar (no capture)
+        block[1:, 0].fill_(True)
         block[1:, 1:] = t.ancestors.to(dev)
         cols = torch.arange(tr.max_len, device=dev)
         rel = cols - length
