@@ -54,8 +54,8 @@ def resolve_source(src: str, model: str | None) -> tuple[Path, Any]:
     p = Path(src).expanduser()
     if not p.is_dir():
         raise UserError(f"SRC: {p} is not a folder (a run's draft/, a draft checkpoint folder, or shipped)")
-    if not (p / CONFIG_FILE).is_file() and (p / "draft" / CONFIG_FILE).is_file():
-        p = p / "draft"  # a run folder
+    if (p / "draft" / CONFIG_FILE).is_file():
+        p = p / "draft"  # a run folder (its own config.json is the run's resolved config)
     return p, None
 
 

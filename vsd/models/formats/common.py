@@ -245,20 +245,24 @@ def default_feature_layers(num_layers: int) -> list[int]:
 # ------------------------------------------------------------------------------------------ target
 def check_target(ck: DraftCheckpoint, target) -> None:
     """Hidden size, vocabulary and feature layers of the checkpoint against the configured target."""
-    hc = ck.hc
+    check_geometry(ck.hc, ck.fields, target, ck.where)
+
+
+def check_geometry(hc: HeadConfig, fields: dict[str, str], target, where: str) -> None:
+    """The same check from the config alone (readers run it before reading the weights)."""
     if hc.hidden_size != target.hidden_size:
         raise UserError(
-            f"{ck.where}: {ck.fields['hidden_size']}={hc.hidden_size}, but the target {target.name} has "
+            f"{where}: {fields['hidden_size']}={hc.hidden_size}, but the target {target.name} has "
             f"hidden size {target.hidden_size}"
         )
     if hc.target_vocab_size != target.vocab_size:
         raise UserError(
-            f"{ck.where}: {ck.fields['vocab_size']}={hc.target_vocab_size}, but the target {target.name} has "
+            f"{where}: {fields['vocab_size']}={hc.target_vocab_size}, but the target {target.name} has "
             f"vocabulary {target.vocab_size}"
         )
     if list(hc.feature_layers) != list(target.feature_layers):
         raise UserError(
-            f"{ck.where}: {ck.fields['feature_layers']} gives feature layers {list(hc.feature_layers)} (hidden "
+            f"{where}: {fields['feature_layers']} gives feature layers {list(hc.feature_layers)} (hidden "
             f"states entering those layers), but the target {target.name} is configured with "
             f"{list(target.feature_layers)} (model.draft.feature_layers)"
         )

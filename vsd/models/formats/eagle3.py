@@ -22,6 +22,7 @@ from vsd.models.formats.common import (
     CONFIG,
     SAFETENSORS,
     DraftCheckpoint,
+    check_geometry,
     default_feature_layers,
     draft_ids,
     flag,
@@ -89,6 +90,8 @@ def read(d: Path, cfg: dict[str, Any], target, where: str) -> DraftCheckpoint:
         target_name=target.name,
         feature_norm=bool(cfg.get("fc_norm", False)),
     )
+    fields = {"hidden_size": "hidden_size", "vocab_size": "vocab_size", "feature_layers": field}
+    check_geometry(hc, fields, target, where)
     weights, fname = read_weights(d, where)
     names = key_map(hc, _prefix)
     state = take(weights, names, ("d2t", "t2d", "embed_tokens.weight"), f"{where}: {fname}")
@@ -99,7 +102,7 @@ def read(d: Path, cfg: dict[str, Any], target, where: str) -> DraftCheckpoint:
         state=state,
         d2t=ids,
         file_keys=names | {"embed_tokens.weight": "embed_tokens.weight"},
-        fields={"hidden_size": "hidden_size", "vocab_size": "vocab_size", "feature_layers": field},
+        fields=fields,
         where=where,
         embed=weights.get("embed_tokens.weight"),
         sha256=sha256_of(d, (fname, CONFIG)),
