@@ -141,16 +141,17 @@ def readme(src: str, ckpt: Path, fmt: str, ck, extra: dict[str, Any]) -> str:
     else:
         lines.append("- **Training:** no run record next to the source (not a run's `draft/` folder).")
     lines += ["", "## Serve it", "", "```bash"]
-    target = extra.get("verifier", "<target model>")
+    target = extra.get("verifier") or extra.get("verifier_hint") or "<target model>"
     if fmt == "speculators":
         lines += [
+            "vllm serve <this folder>   # the config names the verifier",
             f"vllm serve {target} \\",
             f'  --speculative-config \'{{"model": "<this folder>", "num_speculative_tokens": '
             f'{extra.get("speculative_tokens", SPECULATIVE_TOKENS)}, "method": "eagle3"}}\'',
         ]
     else:
         lines += [
-            "python -m sglang.launch_server --model-path <target model> \\",
+            f"python3 -m sglang.launch_server --model {target} \\",
             "  --speculative-algorithm EAGLE3 --speculative-draft-model-path <this folder> \\",
             "  --speculative-num-steps 5 --speculative-eagle-topk 8 --speculative-num-draft-tokens 32",
         ]
@@ -188,9 +189,14 @@ def export(
     ck.meta["n_params"] = sum(t.numel() for t in ck.state.values())
     extra: dict[str, Any] = {"dtype": str(ck.state["fc.weight"].dtype).removeprefix("torch.")}
     kw: dict[str, Any] = {}
+    if mcfg is None:
+        mcfg = _model_config(ck.hc.target_name)
+    if fmt == "eagle3":
+        try:  # only to name the target in the README's serving command
+            extra["verifier_hint"] = verifier_for(ck.hc.target_name, mcfg, verifier, verifier_arch)[0]
+        except UserError:
+            pass
     if fmt == "speculators":
-        if mcfg is None:
-            mcfg = _model_config(ck.hc.target_name)
         name, arch = verifier_for(ck.hc.target_name, mcfg, verifier, verifier_arch)
         kw = {"verifier": name, "verifier_arch": arch, "speculative_tokens": speculative_tokens}
         extra.update(verifier=name, verifier_arch=arch, speculative_tokens=speculative_tokens)
