@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("models", "data", "sweep", "tracking"),  # models: the target and the draft head (pure nn)
     ("decoding", "features"),  # decoding: drafters, trees, the engine; features: the cache of target features
     ("losses", "evaluation"),
-    ("train", "analysis"),
+    ("train", "analysis", "export"),  # export: python -m vsd.export (drafts to the EAGLE-3 ecosystem)
     ("pipeline",),
 ]
 _STAGE_REF = re.compile(r"^(\w+(?:\.\w+)+):\w+$")  # importlib by name: "vsd.data.stage:run"

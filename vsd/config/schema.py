@@ -262,7 +262,9 @@ class DecodingConfig:
 class EvalConfig:
     suite: str = "specbench_style"  # specbench_style | mtbench | humaneval | math | qa | translation |
     # summarisation | file | smoke
-    prompts: str | None = None  # user JSONL file {"id", "category"?, "turns": [...]} (suite=file)
+    # user JSONL file (suite=file): {"id", "category"?, "turns": [...]} per line, or Spec-Bench's question file
+    # as it is ({"question_id", "category", "turns"})
+    prompts: str | None = None
     categories: list[str] = field(
         default_factory=lambda: ["mt_bench", "translation", "summarisation", "qa", "math", "coding"]
     )
@@ -276,9 +278,19 @@ class EvalConfig:
     # decode: run AR, speculative decoding and peers (speed and acceptance); reference: T=0 acceptance only,
     # from the target's cached greedy continuations and every anchor's draft tree (vsd/evaluation/reference.py)
     method: str = "decode"
+    # decode: also write Spec-Bench answer files, <run dir>/model_answer/<model_id>.jsonl (speculative) and
+    # <model_id>-baseline.jsonl (plain AR), for Spec-Bench's own speed script (vsd/evaluation/specbench.py)
+    answers: bool = False
+    model_id: str | None = None  # the answers' model_id; None: <model.name>-vsd-<decoding.drafter>
 
     def __post_init__(self) -> None:
         _choice("eval.method", self.method, ("decode", "reference"))
+        if self.answers and self.method != "decode":
+            raise ConfigError(
+                "eval.answers", "Spec-Bench answers come from decoding: needs eval.method=decode"
+            )
+        if self.model_id is not None and (not self.model_id.strip(" .") or "/" in self.model_id):
+            raise ConfigError("eval.model_id", f"must be a file name (no '/'), got {self.model_id!r}")
         _choice(
             "eval.suite",
             self.suite,

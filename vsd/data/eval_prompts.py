@@ -216,7 +216,8 @@ def sample_category(category: str, split: str, n: int, seed: int) -> list[Record
 
 # ---------------------------------------------------------------------------------------- user files
 def load_prompt_file(path: str | Path) -> list[Record]:
-    """A user JSONL prompt file: one ``{"id", "category"?, "turns": [str, ...]}`` object per line.
+    """A user JSONL prompt file: one ``{"id", "category"?, "turns": [str, ...]}`` object per line, or a
+    Spec-Bench question file as it is (``{"question_id", "category", "turns"}``; other fields are ignored).
 
     Blank lines are skipped. Any bad line raises :class:`UserError` naming the file and the line number.
     """
@@ -236,12 +237,15 @@ def load_prompt_file(path: str | Path) -> list[Record]:
                 raise UserError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(obj, dict):
                 raise UserError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            for key in ("id", "turns"):
+            # Spec-Bench's question.jsonl names the id question_id; vsd's own files name it id
+            id_key = "id" if "id" in obj or "question_id" not in obj else "question_id"
+            for key in (id_key, "turns"):
                 if key not in obj:
-                    raise UserError(f"{where}: missing field {key!r}")
-            rid, turns, cat = obj["id"], obj["turns"], obj.get("category", "user")
+                    alt = " (or 'question_id')" if key == "id" else ""
+                    raise UserError(f"{where}: missing field {key!r}{alt}")
+            rid, turns, cat = obj[id_key], obj["turns"], obj.get("category", "user")
             if not isinstance(rid, (str, int)) or isinstance(rid, bool):
-                raise UserError(f"{where}: field 'id' must be a string or integer")
+                raise UserError(f"{where}: field {id_key!r} must be a string or integer")
             if not isinstance(cat, str) or not cat:
                 raise UserError(f"{where}: field 'category' must be a non-empty string")
             if not isinstance(turns, list):
@@ -256,7 +260,10 @@ def load_prompt_file(path: str | Path) -> list[Record]:
             if str(rid) in seen:
                 raise UserError(f"{where}: duplicate id {rid!r} (first on line {seen[str(rid)]})")
             seen[str(rid)] = lineno
-            out.append({"id": str(rid), "category": cat, "turns": list(turns), "source": str(p)})
+            rec = {"id": str(rid), "category": cat, "turns": list(turns), "source": str(p)}
+            if id_key == "question_id":
+                rec["question_id"] = rid  # as given (Spec-Bench: an int), for its answer file
+            out.append(rec)
     if not out:
         raise UserError(f"eval.prompts: {p} holds no prompts")
     return out

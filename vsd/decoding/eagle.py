@@ -141,5 +141,9 @@ class EagleDrafter:
 
 
 def load_draft(path: str | Path, target, device: str | torch.device | None = None) -> EagleDrafter:
-    """A saved draft dir -> an :class:`EagleDrafter` on ``device`` (the target's by default)."""
-    return EagleDrafter(DraftHead.load(path, target, device=device or target.device), target.dtype)
+    """A draft dir of any format vsd reads (its own, the official EAGLE-3 layout, speculators; see
+    vsd.models.formats) -> an :class:`EagleDrafter` on ``device`` (the target's by default)."""
+    from vsd.models.formats import load_head
+
+    head, _ = load_head(path, target, device=device or target.device, key="draft.checkpoint")
+    return EagleDrafter(head, target.dtype)

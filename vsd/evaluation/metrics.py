@@ -5,6 +5,9 @@ Definitions (docs/eval.md, design method.md "Metrics"):
   plain AR has tau = 1 exactly.
 - tokens/s = sum(new tokens) / sum(wall seconds) over the same rows; speedup = tokens/s(method) /
   tokens/s(AR) on the same rows (sums, not a mean of per-prompt ratios).
+- speedup_specbench = Spec-Bench's speedup (its evaluation/speed.py): the mean over questions of each
+  question's rate (its turns' new tokens / their wall seconds) for the method, divided by the same mean for AR.
+  A question weighs the same whatever its length; ``speedup`` weighs every second the same.
 - alpha_k = P(depth-k draft token accepted | depth k-1 accepted, depth k drafted), pooled over every
   verification step: #{steps: accepted >= k, drafted depth >= k} / #{steps: accepted >= k-1, depth >= k}.
 - lossless_match = fraction of rows (prompt turns) whose speculative ids equal the AR ids (T=0 rows only).
@@ -35,6 +38,23 @@ def _sums(runs: list[Mapping[str, Any]]) -> tuple[int, int, float]:
 
 def _rate(tokens: int, seconds: float) -> float:
     return tokens / seconds if seconds > 0 else float("nan")
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("nan")
+
+
+def mean_question_rate(rows: list[Row], method: str) -> float:
+    """Spec-Bench's tokens/s: the mean over questions (rows grouped by ``id``) of sum(new tokens) / sum(wall
+    seconds) of that question's turns, for ``method`` (``spec``, ``ar`` or ``peer/<name>``)."""
+    per: dict[str, list[float]] = {}
+    for r in rows:
+        run = r["peers"][method[5:]] if method.startswith("peer/") else r[method]
+        acc = per.setdefault(str(r["id"]), [0.0, 0.0])
+        acc[0] += int(run["new_tokens"])
+        acc[1] += float(run["wall_s"])
+    rates = [_rate(int(t), s) for t, s in per.values()]
+    return sum(rates) / len(rates) if rates else float("nan")
 
 
 def alpha_by_depth(runs: Iterable[Mapping[str, Any]]) -> dict[int, float]:
@@ -129,7 +149,8 @@ def compute_metrics(rows: list[Row]) -> dict[str, float]:
     "match": bool|None, "diverge_at": int|None, "diverge_gap": float|None, "near_tie": bool|None}`` where a
     run is ``{"new_tokens", "target_forwards", "wall_s", ["drafted", "accepted", "tree_depth", "match"]}``.
     Rows with ``"skipped"`` (a turn too long for the context) are not decoded: they only count in
-    ``eval/skipped_too_long``. Keys: ``eval/tau``, ``eval/speedup``, ``eval/tokens_per_s``,
+    ``eval/skipped_too_long``. Keys: ``eval/tau``, ``eval/speedup``, ``eval/speedup_specbench`` (rows with
+    an ``id``), ``eval/tokens_per_s``,
     ``eval/ar_tokens_per_s``, ``eval/lossless_match``, ``eval/alpha_<k>``, ``eval/accepted_not_top1``,
     ``eval/ece_d<k>``, ``eval/ece``, the same per category as ``eval/<category>/...``, and
     ``eval/peer/<name>/{tau,tokens_per_s,speedup,lossless_match}``.
@@ -153,6 +174,10 @@ def compute_metrics(rows: list[Row]) -> dict[str, float]:
             ar_rate = _rate(ar_tokens, ar_seconds)
             out[f"{prefix}ar_tokens_per_s"] = ar_rate
         out.update(_method_metrics(prefix, [r["spec"] for r in grows], ar_rate))
+        if ar_rate is not None and all("id" in r for r in grows):
+            out[f"{prefix}speedup_specbench"] = _ratio(
+                mean_question_rate(grows, "spec"), mean_question_rate(grows, "ar")
+            )
         match = _match_rate([r.get("match") for r in grows])
         if match is not None:
             out[f"{prefix}lossless_match"] = match
@@ -176,6 +201,10 @@ def compute_metrics(rows: list[Row]) -> dict[str, float]:
             if ar_rate is not None and len(ran) == len(grows):
                 peer_ar = ar_rate
             out.update(_method_metrics(f"eval/peer/{name}/", ran, peer_ar))
+            if peer_ar is not None and all("id" in r for r in grows):
+                out[f"eval/peer/{name}/speedup_specbench"] = _ratio(
+                    mean_question_rate(grows, f"peer/{name}"), mean_question_rate(grows, "ar")
+                )
             pm = _match_rate([p.get("match") for p in ran])
             if pm is not None:
                 out[f"eval/peer/{name}/lossless_match"] = pm

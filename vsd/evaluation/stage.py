@@ -76,9 +76,12 @@ def eval_key(ctx, dcfg) -> str:
 
     cfg = ctx.cfg
     path = draft_path(ctx)
-    draft = (
-        (path / "config.json").read_text() if path is not None and (path / "config.json").is_file() else ""
-    )
+    if path is not None:
+        from vsd.models.formats import identity
+
+        draft = identity(path)  # a vsd draft's config.json (with its files' sha256); others add the weights'
+    else:
+        draft = ""
     what = {
         "eval": plain(cfg.eval),
         "decoding": plain(dcfg),
@@ -197,6 +200,18 @@ def run(ctx) -> dict[str, float]:
             "(reasons in eval.jsonl; rule in docs/eval.md)",
             flush=True,
         )
+    answers = {}
+    if cfg.eval.answers:  # Spec-Bench answer files from the same rows (vsd/evaluation/specbench.py)
+        from vsd.evaluation.specbench import write_answers
+
+        model_id = cfg.eval.model_id or f"{cfg.model.name}-vsd-{cfg.decoding.drafter}"
+        answers = {
+            k: str(v) for k, v in write_answers(ctx.run_dir, rows, records, model_id, target.decode).items()
+        }
+        print(
+            f"[vsd] eval: Spec-Bench answers: {', '.join(answers.values()) or 'none (no decoded turn)'}",
+            flush=True,
+        )
     costs = measure_forward_costs(target, runner.first_fitting_prompt(records), dcfg)
     metrics.update(cost_metrics(costs, decoded, dcfg, metrics["eval/tau"]))
     metrics.update(shape_metrics(shape_info))
@@ -211,6 +226,7 @@ def run(ctx) -> dict[str, float]:
             "drafter": cfg.decoding.drafter,
             "draft_dir": str(ctx.artifacts.get("draft_dir") or cfg.draft.checkpoint or ""),
             "peers_skipped": {"hf_assisted": skip_reason} if assistant is None and skip_reason else {},
+            "specbench_answers": answers,
         },
         shape=shape_info,
     )

@@ -61,7 +61,7 @@ def _source(ctx) -> tuple[Any, Any, Any, dict[str, torch.Tensor]]:
 
 def run(ctx) -> dict[str, float]:
     from vsd.losses import build_loss
-    from vsd.models.draft import DraftHead, build_head
+    from vsd.models.draft import build_head
 
     cfg = ctx.cfg
     info, device = ctx.dist, ctx.device  # joined and picked once, by vsd.pipeline
@@ -70,11 +70,16 @@ def run(ctx) -> dict[str, float]:
 
     init_sha256 = None
     if cfg.train.init_from:
-        from vsd.models.draft import CONFIG_FILE, resolve_draft_dir
+        from vsd.models.draft import resolve_draft_dir
+        from vsd.models.formats import load_head
 
         init_dir = resolve_draft_dir(cfg.train.init_from, cfg.model, "train.init_from")
-        head = DraftHead.load(init_dir, target, device=device)
-        init_sha256 = json.loads((init_dir / CONFIG_FILE).read_text()).get("sha256")
+        if not init_dir.is_dir():
+            raise UserError(f"train.init_from: draft directory {init_dir} does not exist")
+        # any format vsd reads (vsd.models.formats); its weights count by the sha256 of its files
+        head, ck = load_head(init_dir, target, device=device, key="train.init_from")
+        init_sha256 = ck.sha256 or None
+        # The draft keeps its own vocab map (an imported EAGLE-3 draft's d2t included): never rebuilt
         if not torch.equal(head.d2t.cpu(), torch.as_tensor(vocab["d2t"]).cpu()):
             print("[vsd] train.init_from: the draft's vocab differs from the data's; training on the draft's")
         vocab = {"d2t": head.d2t.cpu(), "t2d": head.t2d.cpu()}
