@@ -110,10 +110,17 @@ class DatasetConfig:
     max_seq_len: int = 512  # prompt + response, tokens
     heldout_fraction: float = 0.02  # sequences kept out of training for held-out metrics
     seed: int = 0
+    # first: the first user turn and its reply | all: whole conversations, every assistant turn trained on
+    # (the target regenerates each reply in context under responses=target); docs/data.md
+    turns: str = "first"
+    chat_template: str | None = None  # None: the target tokenizer's | a named template (chatml, llama3,
+    # vicuna: vsd/data/chat.py) | a Jinja file
+    system_prompt: str | None = None  # replaces each conversation's system message; "" removes it
 
     def __post_init__(self) -> None:
         _choice("dataset.source", self.source, ("sharegpt", "jsonl", "hf", "tiny"))
         _choice("dataset.responses", self.responses, ("target", "source"))
+        _choice("dataset.turns", self.turns, ("first", "all"))
         if self.source == "jsonl" and not self.path:
             raise ConfigError("dataset.path", "required when dataset.source=jsonl")
         if self.source == "hf" and not (self.hf_name or self.path):

@@ -7,18 +7,23 @@ so a run killed with ``kill -9`` leaves only complete shards and the next run co
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from filelock import FileLock
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vsd.errors import UserError
 from vsd.files import sha256_file
 from vsd.records import atomic_path, atomic_write_json
+from vsd.runtime import DistInfo
 
 
 def content_key(obj: Any, length: int = 16) -> str:
@@ -67,10 +72,10 @@ def load_shard(path: Path, expect_sha256: str | None = None) -> dict[str, torch.
         ) from None
 
 
-def done_shards(d: Path, n: int) -> list[int]:
-    """Indices < n whose shard exists (complete by construction) and loads."""
+def done_shards(d: Path, n: int, indices: Iterable[int] | None = None) -> list[int]:
+    """Indices < n (or of ``indices``) whose shard exists (complete by construction) and loads."""
     out = []
-    for i in range(n):
+    for i in range(n) if indices is None else indices:
         p = d / shard_name(i)
         if p.exists():
             try:
@@ -107,3 +112,40 @@ def read_manifest(d: Path) -> dict[str, Any] | None:
 
 def dir_size_mb(d: Path) -> float:
     return sum(f.stat().st_size for f in Path(d).rglob("*") if f.is_file()) / 2**20
+
+
+# ------------------------------------------------------------------------------ building across ranks
+def rank_shards(n: int, info: DistInfo) -> list[int]:
+    """The shards rank ``info.rank`` builds: b % world == rank (every shard once, balanced within one)."""
+    return [b for b in range(n) if b % info.world == info.rank]
+
+
+def barrier(info: DistInfo) -> None:
+    """Wait for every rank. A sum of a CPU tensor: it goes through gloo also in a "cpu:gloo,cuda:nccl" group,
+    so it needs no current CUDA device."""
+    if info.world > 1:
+        dist.all_reduce(torch.zeros(1))
+
+
+@contextlib.contextmanager
+def locked_build(d: Path, info: DistInfo) -> Iterator[dict[str, Any] | None]:
+    """The build of cache dir ``d``: yields its complete manifest, or None when it must be built.
+
+    Rank 0 holds ``d``'s FileLock for the whole block, so another job building the same key waits and then
+    reuses; the other ranks of this job learn from rank 0 whether the cache is complete (one small sum), then
+    read the manifest themselves.
+    """
+    lock = FileLock(str(d) + ".lock") if info.main else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        man = read_manifest(d) if info.main else None
+        if info.world > 1:
+            flag = torch.tensor([float(man is not None)])
+            dist.all_reduce(flag)
+            if not info.main and flag.item():
+                man = read_manifest(d)
+        yield man
+    finally:
+        if lock is not None:
+            lock.release()
