@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vsd.data.selfdistill import load_sequences
-from vsd.data.shards import load_shard, read_manifest
+from vsd.data.shards import ShardPool, read_manifest, verify_shard
 from vsd.data.split import heldout_split
 from vsd.data.vocab import load_vocab
 from vsd.errors import UserError
@@ -30,18 +30,24 @@ __all__ = ["CachedFeatures", "FeatureDataset", "OnlineFeatures", "collate", "loa
 
 
 class CachedFeatures:
-    """All shards of a feature cache in memory (each sha256-checked against the manifest when loaded)."""
+    """A feature cache read through memory maps (vsd/data/shards.py ``MappedShard``): each item is copied out
+    of its shard on access, so the resident memory stays at a few items however large the cache is. Every
+    shard is sha256-checked against the manifest once, when the store opens (streamed)."""
 
-    def __init__(self, features_dir: str | Path):
+    def __init__(self, features_dir: str | Path, verify: bool = True):
         d = Path(features_dir)
         man = read_manifest(d)
         if man is None:
             raise UserError(f"feature cache {d} is incomplete (no manifest); rerun the features stage")
         self.dir = d
-        self.shards = [load_shard(d / s["file"], s["sha256"]) for s in man["shards"]]
+        paths = [d / s["file"] for s in man["shards"]]
+        for p, s in zip(paths, man["shards"]):
+            if verify:
+                verify_shard(p, s["sha256"])
+        self.shards = ShardPool(paths)
         self.index: list[tuple[int, int, int]] = []  # sequence -> (shard, start, end)
-        for k, sh in enumerate(self.shards):
-            off = sh["offsets"].tolist()
+        for k in range(len(paths)):
+            off = self.shards[k].tensor("offsets").tolist()
             self.index += [(k, off[j], off[j + 1]) for j in range(len(off) - 1)]
 
     def __len__(self) -> int:
@@ -51,10 +57,10 @@ class CachedFeatures:
         k, a, b = self.index[i]
         sh = self.shards[k]
         return {
-            "input_ids": sh["input_ids"][a:b].long(),
-            "loss_mask": sh["loss_mask"][a:b].bool(),
-            "features": sh["features"][a:b],
-            "target_hidden": sh["target_hidden"][a:b],
+            "input_ids": sh.rows("input_ids", a, b).long(),
+            "loss_mask": sh.rows("loss_mask", a, b).bool(),
+            "features": sh.rows("features", a, b),
+            "target_hidden": sh.rows("target_hidden", a, b),
         }
 
 
