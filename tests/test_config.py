@@ -74,6 +74,7 @@ BAD = [
     (["decoding.shape=best"], "decoding.shape"),
     (["decoding.ngram_branch=-2"], "decoding.ngram_branch"),
     (["train.features_batch_size=0"], "train.features_batch_size"),
+    (["dataset.turns=some"], "dataset.turns"),  # issue 28
 ]
 
 

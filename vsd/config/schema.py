@@ -47,6 +47,43 @@ class RandomModelConfig:
 
 
 @dataclass
+class ArchitectureConfig:
+    """A target architecture by its HF config fields (model.random_init=true builds it with random weights,
+    without weights or the hub: the costs of a large target are real, its outputs are not). conf/model/
+    llama31_8b.yaml and qwen3_8b.yaml give the published models' config.json values."""
+
+    model_type: str = "llama"  # transformers' config class: llama | qwen3 | mistral | qwen2 ...
+    vocab_size: int = 128256
+    hidden_size: int = 4096
+    intermediate_size: int = 14336
+    num_layers: int = 32
+    num_heads: int = 32
+    num_kv_heads: int = 8
+    head_dim: int | None = None  # None: hidden_size / num_heads
+    max_position_embeddings: int = 131072
+    rms_norm_eps: float = 1e-5
+    # transformers' rope_parameters: rope_type (default | llama3 | yarn ...), rope_theta and the type's fields
+    rope: dict[str, Any] = field(default_factory=lambda: {"rope_type": "default", "rope_theta": 10000.0})
+    tie_word_embeddings: bool = False
+    init_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+        ):
+            _positive(f"model.architecture.{key}", getattr(self, key))
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError("model.architecture.num_kv_heads", "must divide model.architecture.num_heads")
+        if "rope_type" not in self.rope or "rope_theta" not in self.rope:
+            raise ConfigError("model.architecture.rope", "needs rope_type and rope_theta")
+
+
+@dataclass
 class DraftHeadConfig:
     """EAGLE-3 draft-head geometry. ``None`` means: derive from the target config."""
 
@@ -79,9 +116,15 @@ class ModelConfig:
     random: RandomModelConfig = field(default_factory=RandomModelConfig)
     draft: DraftHeadConfig = field(default_factory=DraftHeadConfig)
     trust_remote_code: bool = False
+    # true: build model.architecture with random weights and the byte tokenizer instead of loading the
+    # weights (no files, no hub): benchmarks of a large target's costs (benchmarks/gpu_8b.py)
+    random_init: bool = False
+    architecture: ArchitectureConfig | None = None
 
     def __post_init__(self) -> None:
         _choice("model.source", self.source, ("gguf", "hf", "random"))
+        if self.random_init and self.architecture is None:
+            raise ConfigError("model.architecture", "required when model.random_init=true")
         if self.source == "hf" and not self.hf_id:
             raise ConfigError("model.hf_id", "required when model.source=hf")
         if self.source == "gguf" and not self.gguf_file:
@@ -110,10 +153,17 @@ class DatasetConfig:
     max_seq_len: int = 512  # prompt + response, tokens
     heldout_fraction: float = 0.02  # sequences kept out of training for held-out metrics
     seed: int = 0
+    # first: the first user turn and its reply | all: whole conversations, every assistant turn trained on
+    # (the target regenerates each reply in context under responses=target); docs/data.md
+    turns: str = "first"
+    chat_template: str | None = None  # None: the target tokenizer's | a named template (chatml, llama3,
+    # vicuna: vsd/data/chat.py) | a Jinja file
+    system_prompt: str | None = None  # replaces each conversation's system message; "" removes it
 
     def __post_init__(self) -> None:
         _choice("dataset.source", self.source, ("sharegpt", "jsonl", "hf", "tiny"))
         _choice("dataset.responses", self.responses, ("target", "source"))
+        _choice("dataset.turns", self.turns, ("first", "all"))
         if self.source == "jsonl" and not self.path:
             raise ConfigError("dataset.path", "required when dataset.source=jsonl")
         if self.source == "hf" and not (self.hf_name or self.path):

@@ -7,18 +7,28 @@ so a run killed with ``kill -9`` leaves only complete shards and the next run co
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
+import mmap
+import os
+import struct
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from filelock import FileLock
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vsd.errors import UserError
 from vsd.files import sha256_file
 from vsd.records import atomic_path, atomic_write_json
+from vsd.runtime import DistInfo
 
 
 def content_key(obj: Any, length: int = 16) -> str:
@@ -67,10 +77,108 @@ def load_shard(path: Path, expect_sha256: str | None = None) -> dict[str, torch.
         ) from None
 
 
-def done_shards(d: Path, n: int) -> list[int]:
-    """Indices < n whose shard exists (complete by construction) and loads."""
+# safetensors dtype names -> torch dtypes (the ones the caches write)
+_DTYPES = {
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+_PAGE = mmap.PAGESIZE
+
+
+class MappedShard:
+    """A safetensors shard read through a read-only memory map, rows on demand.
+
+    :meth:`rows` copies rows ``a:b`` of one tensor out of the map and then drops the pages it touched from
+    this process (``MADV_DONTNEED``: they stay in the page cache, shared and evictable), so reading a whole
+    cache keeps the resident set at about one item, whatever the cache's size. The safetensors header gives
+    each tensor's dtype, shape and byte range; a header that points past the end of the file (a truncated
+    shard) is a one-line UserError.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        try:
+            with open(self.path, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                (n,) = struct.unpack("<Q", fh.read(8))
+                if n > size - 8:
+                    raise ValueError("header longer than the file")
+                header = json.loads(fh.read(n))
+                self._mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError, struct.error) as e:
+            raise UserError(
+                f"cache shard {self.path} is unreadable ({' '.join(str(e).split())[:120]}); "
+                f"delete {self.path.parent} to rebuild"
+            ) from None
+        self._base = 8 + n
+        self.meta = {k: v for k, v in header.items() if k != "__metadata__"}
+        end = max((v["data_offsets"][1] for v in self.meta.values()), default=0)
+        if self._base + end > size:
+            self.close()
+            raise UserError(
+                f"cache shard {self.path} is corrupt (truncated: {size} bytes, the header needs "
+                f"{self._base + end}); delete {self.path.parent} to rebuild"
+            )
+
+    def rows(self, name: str, a: int, b: int) -> torch.Tensor:
+        """Rows ``a:b`` (dim 0) of tensor ``name``, copied out of the map."""
+        m = self.meta[name]
+        dtype, shape = _DTYPES[m["dtype"]], m["shape"]
+        row_bytes = math.prod(shape[1:]) * torch.empty((), dtype=dtype).element_size()
+        start = self._base + m["data_offsets"][0] + a * row_bytes
+        nbytes = (b - a) * row_bytes
+        out = torch.empty(nbytes, dtype=torch.uint8)
+        out.numpy()[:] = memoryview(self._mm)[start : start + nbytes]
+        lo = start - start % _PAGE
+        if nbytes and hasattr(self._mm, "madvise"):
+            self._mm.madvise(mmap.MADV_DONTNEED, lo, start + nbytes - lo)
+        return out.view(dtype).reshape(b - a, *shape[1:])
+
+    def tensor(self, name: str) -> torch.Tensor:
+        return self.rows(name, 0, self.meta[name]["shape"][0])
+
+    def close(self) -> None:
+        self._mm.close()
+
+
+class ShardPool:
+    """At most ``size`` shards of a cache mapped at once (least recently used closed first): a cache of
+    100,000 shards stays within the kernel's limit on mappings, and opening one costs a header parse."""
+
+    def __init__(self, paths: list[Path], size: int = 8):
+        self.paths, self.size = paths, size
+        self._open: OrderedDict[int, MappedShard] = OrderedDict()
+
+    def __getitem__(self, k: int) -> MappedShard:
+        sh = self._open.pop(k, None) or MappedShard(self.paths[k])
+        self._open[k] = sh
+        while len(self._open) > self.size:
+            self._open.popitem(last=False)[1].close()
+        return sh
+
+
+def verify_shard(path: Path, expect_sha256: str) -> None:
+    """sha256 of a shard against its manifest entry (streamed: no memory beyond a buffer)."""
+    if not path.exists():
+        raise UserError(f"cache shard {path} is missing; delete {path.parent} to rebuild the cache")
+    if sha256_file(path) != expect_sha256:
+        raise UserError(
+            f"cache shard {path} is corrupt (sha256 differs from the manifest); delete {path.parent} to rebuild"
+        )
+
+
+def done_shards(d: Path, n: int, indices: Iterable[int] | None = None) -> list[int]:
+    """Indices < n (or of ``indices``) whose shard exists (complete by construction) and loads."""
     out = []
-    for i in range(n):
+    for i in range(n) if indices is None else indices:
         p = d / shard_name(i)
         if p.exists():
             try:
@@ -107,3 +215,40 @@ def read_manifest(d: Path) -> dict[str, Any] | None:
 
 def dir_size_mb(d: Path) -> float:
     return sum(f.stat().st_size for f in Path(d).rglob("*") if f.is_file()) / 2**20
+
+
+# ------------------------------------------------------------------------------ building across ranks
+def rank_shards(n: int, info: DistInfo) -> list[int]:
+    """The shards rank ``info.rank`` builds: b % world == rank (every shard once, balanced within one)."""
+    return [b for b in range(n) if b % info.world == info.rank]
+
+
+def barrier(info: DistInfo) -> None:
+    """Wait for every rank. A sum of a CPU tensor: it goes through gloo also in a "cpu:gloo,cuda:nccl" group,
+    so it needs no current CUDA device."""
+    if info.world > 1:
+        dist.all_reduce(torch.zeros(1))
+
+
+@contextlib.contextmanager
+def locked_build(d: Path, info: DistInfo) -> Iterator[dict[str, Any] | None]:
+    """The build of cache dir ``d``: yields its complete manifest, or None when it must be built.
+
+    Rank 0 holds ``d``'s FileLock for the whole block, so another job building the same key waits and then
+    reuses; the other ranks of this job learn from rank 0 whether the cache is complete (one small sum), then
+    read the manifest themselves.
+    """
+    lock = FileLock(str(d) + ".lock") if info.main else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        man = read_manifest(d) if info.main else None
+        if info.world > 1:
+            flag = torch.tensor([float(man is not None)])
+            dist.all_reduce(flag)
+            if not info.main and flag.item():
+                man = read_manifest(d)
+        yield man
+    finally:
+        if lock is not None:
+            lock.release()

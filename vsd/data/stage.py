@@ -10,9 +10,10 @@ import time
 from importlib import metadata
 from typing import Any
 
+from vsd.data.chat import ChatFormat, first_turn
 from vsd.data.disjoint import EvalOverlapIndex, load_eval_texts
 from vsd.data.selfdistill import GEN_VERSION, build_selfdistill, load_sequences
-from vsd.data.sources import load_prompts, prompt_text, select_prompts
+from vsd.data.sources import as_conversations, load_prompts, prompt_text, select_prompts
 from vsd.data.split import heldout_split
 from vsd.data.vocab import build_vocab, save_vocab, token_counts
 from vsd.errors import UserError
@@ -33,7 +34,15 @@ def run(ctx: Any) -> dict[str, float]:
     dcfg = cfg.dataset
     t0 = time.time()
     prompts, src_stats = load_prompts(dcfg)
-    if dcfg.responses == "source":  # only prompts whose source recorded a reply can be used
+    if dcfg.turns == "all":  # whole conversations; dedupe and the eval-overlap check see every user turn
+        prompts, conv_stats = as_conversations(prompts, dcfg.responses)
+        src_stats = {**src_stats, **conv_stats}
+        if not prompts:
+            raise UserError(
+                f"dataset.responses: source needs the dataset's own replies, and {dcfg.name!r} has none "
+                "(a chat with an assistant turn after the first user turn)"
+            )
+    elif dcfg.responses == "source":  # only prompts whose source recorded a reply can be used
         with_reply = [p for p in prompts if p.get("response")]
         src_stats = {**src_stats, "without_source_response": len(prompts) - len(with_reply)}
         if not with_reply:
@@ -46,11 +55,12 @@ def run(ctx: Any) -> dict[str, float]:
     eval_texts, provenance = load_eval_texts(eval_file)
     index = EvalOverlapIndex(eval_texts, NGRAM)
     target = ctx.target
+    fmt = ChatFormat(target, dcfg)
     selected, sel = select_prompts(
         prompts,
         dcfg.num_prompts,
         dcfg.seed,
-        lambda p: len(target.chat_ids(p["messages"])),
+        lambda p: len(fmt.ids(first_turn(p["messages"]))),
         dcfg.max_prompt_tokens,
         index,
     )
@@ -64,7 +74,7 @@ def run(ctx: Any) -> dict[str, float]:
     assert not leaked, f"eval prompts leaked into training: {leaked[:5]}"
     prep_s = time.time() - t0
 
-    sd_dir, sd = build_selfdistill(target, selected, dcfg, ctx.cache_dir)
+    sd_dir, sd = build_selfdistill(target, selected, dcfg, ctx.cache_dir, dist_info=ctx.dist)
     seqs = load_sequences(sd_dir)
     train_idx, held_idx = heldout_split(len(seqs), dcfg.heldout_fraction, dcfg.seed)
     counts = token_counts([seqs[i] for i in train_idx], target.vocab_size)
@@ -102,6 +112,9 @@ def run(ctx: Any) -> dict[str, float]:
         },
         "generation": {
             "responses": dcfg.responses,
+            "turns": dcfg.turns,
+            "chat_template": dcfg.chat_template or "tokenizer",
+            "system_prompt": dcfg.system_prompt,
             "target": target.name,
             "temperature": dcfg.gen_temperature,
             "max_new_tokens": dcfg.gen_max_new_tokens,
@@ -117,6 +130,7 @@ def run(ctx: Any) -> dict[str, float]:
             k: sd[k]
             for k in ("sequences", "prompt_tokens", "response_tokens", "total_tokens", "ended_with_eos")
         }
+        | ({"assistant_turns": sd["assistant_turns"]} if "assistant_turns" in sd else {})
         | {"cut_at_max_seq_len": sd["cut_at_max_seq_len"]},
         "split": {
             "train": len(train_idx),
@@ -150,6 +164,8 @@ def run(ctx: Any) -> dict[str, float]:
         "data/reused": sd["reused"],
         "data/gen_seconds": sd["gen_seconds"],
     }
+    if "assistant_turns" in sd:
+        metrics["data/assistant_turns"] = sd["assistant_turns"]
     if "records_recovered" in src_stats:
         metrics["data/sharegpt_recovered"] = src_stats["records_recovered"]
     if sd.get("gen_tokens_per_s"):

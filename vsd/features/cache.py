@@ -10,30 +10,36 @@ Per sequence of T tokens:
 Cache dir ``{cache_dir}/features/<key>/``, key = hash(format version, self-distill data key (which already
 holds the target name, weights fingerprint and dtype), target name, feature layers). Shards of
 ``SEQS_PER_SHARD`` sequences (atomic; a killed build resumes), ``manifest.json`` with per-shard sha256, and a
-FileLock so two jobs starting together build it once.
+FileLock so two jobs starting together build it once. The size is checked against the free disk before any
+compute; under torchrun the ranks split the shards. The trainer reads the shards through memory maps
+(vsd/features/dataset.py).
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock
 from tqdm import tqdm
 
 from vsd.data.selfdistill import Interrupted, load_sequences
 from vsd.data.shards import (
+    barrier,
     content_key,
     dir_size_mb,
     done_shards,
+    locked_build,
+    rank_shards,
     read_manifest,
     save_shard,
     shard_name,
     write_manifest,
 )
 from vsd.errors import UserError
+from vsd.runtime import DistInfo
 
 FEAT_VERSION = 1  # bump when what is stored changes
 SEQS_PER_SHARD = 32  # ~40 MB per shard for SmolLM2 at ~270 tokens per sequence
@@ -103,6 +109,29 @@ def features_desc(target: Any, data_key: str, batch_size: int = 1) -> dict[str, 
     return desc
 
 
+def estimate_bytes(tokens: int, sequences: int, shards: int, hidden_size: int) -> int:
+    """Bytes of a feature cache: per token (3H + H) bf16 + an int32 id + a mask byte, per sequence two int64
+    (offset, index), per shard a safetensors header (under 1 KiB)."""
+    return tokens * (8 * hidden_size + 5) + sequences * 16 + shards * 1024
+
+
+def check_disk(d: Path, need: int, tokens: int, hidden_size: int, verbose: bool = True) -> None:
+    """Print the cache's size and refuse (one line) when the disk under ``d`` has less free space."""
+    free = shutil.disk_usage(d.parent).free
+    if verbose:
+        print(
+            f"[vsd] feature cache: {tokens:,} tokens x {8 * hidden_size + 5:,} B = ~{need / 2**30:.2f} GiB still to "
+            f"write at {d} ({free / 2**30:.1f} GiB free)",
+            flush=True,
+        )
+    if need > free:
+        raise UserError(
+            f"paths.cache_dir: the feature cache needs ~{need / 2**30:.2f} GiB more at {d.parent} and only "
+            f"{free / 2**30:.2f} GiB are free; free space, point paths.cache_dir at a larger disk, or compute "
+            "features on the fly with train.features=online"
+        )
+
+
 def build_features(
     target: Any,
     dataset_dir: Path,
@@ -110,21 +139,25 @@ def build_features(
     progress: bool = True,
     stop_after_shards: int | None = None,
     batch_size: int = 1,
+    dist_info: DistInfo | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Build (or reuse) the feature cache of a self-distill dataset; returns (cache dir, stats).
 
     ``batch_size`` > 1: sequences after the first of each build go through :func:`compute_items` in
-    right-padded batches (the first one is still checked against the LM head alone).
+    right-padded batches (the first one is still checked against the LM head alone). Before any compute the
+    cache's size is printed and checked against the free disk (:func:`check_disk`). Under torchrun
+    (``dist_info.world`` > 1) every rank computes its own shards (b % world == rank) and rank 0 writes the
+    manifest; call it on every rank.
 
     stats: sequences, tokens, shards, size_mb, reused (1 if nothing was computed), shards_computed,
-    seconds and tokens_per_s of the computation in this call, lm_head_max_abs_diff.
+    seconds and tokens_per_s of the computation in this call (this rank's part), lm_head_max_abs_diff.
     """
+    info = dist_info or DistInfo()
     dataset_dir = Path(dataset_dir)
     desc = features_desc(target, dataset_dir.name, batch_size)
     d = Path(cache_dir) / "features" / content_key(desc)
     d.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(d) + ".lock"):
-        man = read_manifest(d)
+    with locked_build(d, info) as man:
         if man is not None:
             check_present(d, man)
             return d, {
@@ -137,21 +170,29 @@ def build_features(
             }
         seqs = load_sequences(dataset_dir)
         n_shards = (len(seqs) + SEQS_PER_SHARD - 1) // SEQS_PER_SHARD
-        d.mkdir(exist_ok=True)
-        from vsd.records import atomic_write_json
+        n_tokens = sum(len(s["input_ids"]) for s in seqs)
+        present = sum(p.stat().st_size for p in d.glob("shard_*.safetensors")) if d.exists() else 0
+        need = estimate_bytes(n_tokens, len(seqs), n_shards, target.hidden_size) - present
+        check_disk(d, need, n_tokens, target.hidden_size, verbose=info.main)
+        barrier(info)  # every rank passed the check before anything is written
+        if info.main:
+            d.mkdir(exist_ok=True)
+            from vsd.records import atomic_write_json
 
-        atomic_write_json(d / "key.json", desc)
-        done = set(done_shards(d, n_shards))
-        todo = [b for b in range(n_shards) if b not in done]
+            atomic_write_json(d / "key.json", desc)
+        barrier(info)
+        mine = rank_shards(n_shards, info)
+        done = set(done_shards(d, n_shards, mine))
+        todo = [b for b in mine if b not in done]
         t0 = time.time()
         tokens = 0
         lm_diff: float | None = None
         bar = tqdm(
-            total=len(seqs),
+            total=sum(min(SEQS_PER_SHARD, len(seqs) - b * SEQS_PER_SHARD) for b in mine),
             initial=sum(min(SEQS_PER_SHARD, len(seqs) - b * SEQS_PER_SHARD) for b in done),
             desc="features",
             unit="seq",
-            disable=not progress,
+            disable=not (progress and info.main),
         )
         for k, b in enumerate(todo):
             if stop_after_shards is not None and k >= stop_after_shards:
@@ -193,15 +234,19 @@ def build_features(
             bar.set_postfix(tok_s=f"{tokens / max(time.time() - t0, 1e-9):.0f}")
         bar.close()
         seconds = time.time() - t0
-        stats = {
-            "sequences": len(seqs),
-            "tokens": sum(len(s["input_ids"]) for s in seqs),
-            "shards": n_shards,
-            "hidden_size": target.hidden_size,
-            "feature_layers": list(target.feature_layers),
-            "lm_head_max_abs_diff": lm_diff,
-        }
-        write_manifest(d, n_shards, {"key": desc, "stats": stats})
+        barrier(info)  # every rank's shards are written
+        if info.main:
+            stats = {
+                "sequences": len(seqs),
+                "tokens": n_tokens,
+                "shards": n_shards,
+                "hidden_size": target.hidden_size,
+                "feature_layers": list(target.feature_layers),
+                "lm_head_max_abs_diff": lm_diff,
+            }
+            write_manifest(d, n_shards, {"key": desc, "stats": stats})
+        barrier(info)
+        stats = read_manifest(d)["stats"]
     return d, {
         **stats,
         "size_mb": dir_size_mb(d),

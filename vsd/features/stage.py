@@ -24,7 +24,11 @@ def run(ctx: Any) -> dict[str, float]:
         )
     t0 = time.time()
     d, st = build_features(
-        ctx.target, ctx.artifacts["dataset_dir"], ctx.cache_dir, batch_size=ctx.cfg.train.features_batch_size
+        ctx.target,
+        ctx.artifacts["dataset_dir"],
+        ctx.cache_dir,
+        batch_size=ctx.cfg.train.features_batch_size,
+        dist_info=ctx.dist,
     )
     ctx.artifacts["features_dir"] = d
     ctx.record.update(

@@ -132,7 +132,12 @@ def load_target(mcfg: ModelConfig, cache_dir: str | os.PathLike, device: str, dt
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = resolve_dtype(dtype, mcfg.source, device)
-    if mcfg.source == "random":
+    # the architecture with random weights: no files, no hub (vsd/models/architecture.py)
+    if mcfg.random_init:
+        from vsd.models.architecture import build_random_architecture
+
+        model, tok = build_random_architecture(mcfg, device, torch_dtype)
+    elif mcfg.source == "random":
         from vsd.models.tiny import build_random_target
 
         model, tok = build_random_target(mcfg)

@@ -56,7 +56,13 @@ def _source(ctx) -> tuple[Any, Any, Any, dict[str, torch.Tensor]]:
     if "vocab_path" not in ctx.artifacts:
         raise UserError("stages: train needs the data stage first (no draft vocab; add data and features)")
     train_ds, heldout_ds = make_train_source(ctx)
-    return train_ds, heldout_ds, collate, load_vocab(ctx.artifacts["vocab_path"])
+    # online features: the dataset's own collate runs one batched target forward per (micro-)batch
+    return (
+        train_ds,
+        heldout_ds,
+        getattr(train_ds, "collate", collate),
+        load_vocab(ctx.artifacts["vocab_path"]),
+    )
 
 
 def run(ctx) -> dict[str, float]:
