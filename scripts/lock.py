@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LOCKS = {  # lock file -> the files it is compiled from
     "requirements.lock": ["pyproject.toml"],
     "requirements-data.lock": ["requirements-data.txt"],
+    "requirements-client.lock": ["requirements-client.txt"],
 }
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)")
 

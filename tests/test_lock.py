@@ -14,7 +14,7 @@ _spec.loader.exec_module(lock)
 
 
 def _copy(tmp_path: Path) -> Path:
-    for name in ("pyproject.toml", "requirements-data.txt", *lock.LOCKS):
+    for name in ("pyproject.toml", "requirements-data.txt", "requirements-client.txt", *lock.LOCKS):
         shutil.copy(ROOT / name, tmp_path / name)
     return tmp_path
 
