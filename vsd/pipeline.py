@@ -22,7 +22,16 @@ from omegaconf import DictConfig, OmegaConf
 from vsd.config import Config, to_config
 from vsd.errors import UserError
 from vsd.records import RunLog, RunRecord
-from vsd.runtime import DistInfo, init_distributed, local_device, resolve_device, set_seed, set_threads
+from vsd.runtime import (
+    DistInfo,
+    init_distributed,
+    local_device,
+    resolve_device,
+    resolve_precision,
+    set_seed,
+    set_threads,
+    usable_cpus,
+)
 from vsd.sweep import launcher_threads, swept_overrides
 from vsd.tracking import Tracker, make_tracker
 
@@ -112,9 +121,19 @@ def execute(dcfg: DictConfig, run_dir: Path | None = None, log: RunLog | None = 
     tracker: Tracker | None = None
     ok = False
     try:
-        record.update(threads=threads)
+        record.update(threads=threads, usable_cpus=usable_cpus())
         device = local_device(resolve_device(cfg.device), dist_info)
         record.update(device=device, world_size=dist_info.world, rank=dist_info.rank)
+        # dtype=auto and train.bf16_autocast=auto become values here, once: every stage (and every cache key)
+        # sees what this hardware runs, and run.json says why
+        precision = resolve_precision(cfg.dtype, cfg.train.bf16_autocast, cfg.model.source, device)
+        cfg = dataclasses.replace(
+            cfg,
+            dtype=precision.dtype,
+            train=dataclasses.replace(cfg.train, bf16_autocast=precision.bf16_autocast),
+        )
+        record.update(precision=dataclasses.asdict(precision))
+        print(f"[vsd] {precision.line()}; {threads} threads of {usable_cpus()} usable cores", flush=True)
         group = Path(job["sweep_dir"]).name if job.get("sweep_dir") else None
         tracker = make_tracker(
             cfg.tracker if dist_info.main else dataclasses.replace(cfg.tracker, kind="none"),

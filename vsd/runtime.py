@@ -34,17 +34,78 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def cpu_capabilities() -> dict:
+    """What torch's CPU dispatcher sees on this processor (``torch.cpu.get_capabilities``); tests replace it."""
+    get = getattr(torch.cpu, "get_capabilities", None)
+    return dict(get()) if get is not None else {}
+
+
+def native_bf16(device: str) -> tuple[bool, str]:
+    """(does ``device`` compute bf16 natively, why). CUDA: yes. CPU: only with AMX-bf16 or AVX512-BF16; on
+    AVX2 (most laptops, Zen 2/3 nodes) torch emulates bf16 matmuls, 10-40x slower than fp32 (measured:
+    docs/training.md). ``VSD_NATIVE_BF16=0|1`` overrides the detection (to run as a CPU without it would)."""
+    forced = os.environ.get("VSD_NATIVE_BF16")
+    if forced in ("0", "1"):
+        return forced == "1", f"VSD_NATIVE_BF16={forced}"
+    if str(device).startswith("cuda"):
+        return True, "CUDA"
+    caps = cpu_capabilities()
+    name = caps.get("cpu_name") or "CPU"
+    found = [k for k in ("amx_bf16", "avx512_bf16") if caps.get(k)]
+    if found:
+        return True, f"{name} has {'/'.join(k.upper() for k in found)}"
+    return False, f"{name} has no AMX-bf16 or AVX512-BF16 ({torch.backends.cpu.get_cpu_capability()})"
+
+
 def resolve_dtype(dtype: str, source: str, device: str) -> torch.dtype:
-    """``auto``: bf16 for real targets (CPU AMX-bf16 and GPUs), fp32 for random test models."""
+    """``auto``: fp32 for random test models; for real targets bf16 where ``device`` computes it natively
+    (:func:`native_bf16`), else fp32."""
     if dtype != "auto":
         return _DTYPES[dtype]
-    return torch.float32 if source == "random" else torch.bfloat16
+    if source == "random":
+        return torch.float32
+    return torch.bfloat16 if native_bf16(device)[0] else torch.float32
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A run's precision, resolved once from the config and the hardware (recorded in run.json)."""
+
+    dtype: str  # the target's (and so ``decoding.draft_dtype=target``'s) dtype
+    bf16_autocast: bool  # training under bf16 autocast
+    native_bf16: bool
+    reason: str
+
+    def line(self) -> str:
+        auto = "on" if self.bf16_autocast else "off"
+        return f"precision: target {self.dtype}, training bf16 autocast {auto} ({self.reason})"
+
+
+def resolve_precision(dtype: str, bf16_autocast: bool | str, source: str, device: str) -> Precision:
+    """``dtype=auto`` and ``train.bf16_autocast=auto`` follow :func:`native_bf16`; an explicit value wins."""
+    native, why = native_bf16(device)
+    resolved = str(resolve_dtype(dtype, source, device)).removeprefix("torch.")
+    autocast = native if bf16_autocast == "auto" else bool(bf16_autocast)
+    explicit = [k for k, v in (("dtype", dtype), ("train.bf16_autocast", bf16_autocast)) if v != "auto"]
+    reason = why + (f"; set explicitly: {', '.join(explicit)}" if explicit else "")
+    return Precision(resolved, autocast, native, reason)
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity mask: taskset, cgroups, Slurm), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS has no affinity API
+        return os.cpu_count() or 1
 
 
 def set_threads(threads: int | None) -> int:
+    """torch's intra-op threads: ``threads``, else ``VSD_THREADS``, else ``OMP_NUM_THREADS`` as torch read it
+    (torchrun sets 1 per rank), else the usable cores (:func:`usable_cpus`; torch's own default counts every
+    core of the machine, which oversubscribes a process restricted to fewer)."""
     if threads is None:
         env = os.environ.get("VSD_THREADS")
-        threads = int(env) if env else None
+        threads = int(env) if env else None if os.environ.get("OMP_NUM_THREADS") else usable_cpus()
     if threads:
         torch.set_num_threads(threads)
     return torch.get_num_threads()

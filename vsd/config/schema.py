@@ -332,9 +332,13 @@ class EvalConfig:
     # <model_id>-baseline.jsonl (plain AR), for Spec-Bench's own speed script (vsd/evaluation/specbench.py)
     answers: bool = False
     model_id: str | None = None  # the answers' model_id; None: <model.name>-vsd-<decoding.drafter>
+    # the target's kernels for every decoding method alike (vsd/models/cpu_kernels.py): auto (dense; on a CPU
+    # the fastest thread count, timed) | dense | int8 (CPU dynamic quantization: faster, but lossy at T=0)
+    target_kernel: str = "auto"
 
     def __post_init__(self) -> None:
         _choice("eval.method", self.method, ("decode", "reference"))
+        _choice("eval.target_kernel", self.target_kernel, ("auto", "dense", "int8"))
         if self.answers and self.method != "decode":
             raise ConfigError(
                 "eval.answers", "Spec-Bench answers come from decoding: needs eval.method=decode"
@@ -378,7 +382,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     grad_clip: float = 0.5
-    bf16_autocast: bool = False
+    # auto: on where the device computes bf16 natively (CUDA, AMX/AVX512-BF16 CPUs), off elsewhere
+    # (vsd.runtime.resolve_precision); true | false: as given
+    bf16_autocast: Any = "auto"
     features: str = "cache"  # cache | online (no cache; for targets too big to cache)
     features_batch_size: int = 1  # sequences per target forward building the cache (1: equals online exactly)
     ckpt_every: int = 100
@@ -390,6 +396,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _positive("train.steps", self.steps)
+        if self.bf16_autocast not in ("auto", True, False):
+            raise ConfigError(
+                "train.bf16_autocast", f"must be auto, true or false, got {self.bf16_autocast!r}"
+            )
         _positive("train.batch_size", self.batch_size)
         _positive("train.grad_accum", self.grad_accum)
         if self.batch_size % self.grad_accum:
@@ -456,8 +466,10 @@ class Config:
     stages: list[str] = field(default_factory=lambda: list(STAGES))
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto (bf16 for real targets, fp32 for random ones) | bfloat16 | float16 | float32
-    threads: int | None = None  # torch intra-op threads; None = torch's default
+    # auto: bf16 for real targets where the device computes it natively (CUDA, AMX/AVX512-BF16 CPUs), else
+    # fp32; fp32 for random test models (vsd.runtime.resolve_precision) | bfloat16 | float16 | float32
+    dtype: str = "auto"
+    threads: int | None = None  # torch intra-op threads; None: the cores this process may use (affinity)
     run_name: str = "default"
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, recorded but unused

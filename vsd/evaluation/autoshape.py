@@ -87,6 +87,7 @@ def cache_key(target, drafter, dcfg: DecodingConfig) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "target": target.name,
         "target_dtype": str(target.dtype),
+        **({"target_kernel": target.kernel} if target.kernel != "dense" else {}),  # dense: earlier keys hold
         "draft": weights_hash(drafter.head),
         "draft_dtype": dcfg.draft_dtype,
         "capture": dcfg.capture,

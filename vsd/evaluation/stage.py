@@ -41,6 +41,35 @@ def draft_path(ctx) -> Path | None:
     return path
 
 
+def decode_target(ctx) -> Any:
+    """The target every decoding method of this eval uses: ``ctx.target`` with the kernels
+    ``eval.target_kernel`` picks for this machine (vsd/models/cpu_kernels.py), chosen once per run."""
+    if ctx.cfg.eval.method == "reference":
+        return ctx.target  # no timing: the dense target's greedy continuations
+    if "decode_target" not in ctx.artifacts:
+        from vsd.models.cpu_kernels import choose_kernel
+        from vsd.runtime import usable_cpus
+
+        cfg = ctx.cfg
+        n = cfg.threads or usable_cpus()  # an explicit `threads` is kept; else fewer threads are tried too
+        tries = [n] if cfg.threads else sorted({n, max(1, n // 2)}, reverse=True)
+        target, report = choose_kernel(ctx.target, cfg.eval.target_kernel, tries)
+        ctx.record.update(target_kernel=report)
+        if not report.get("lossless", True):
+            print(
+                f"[vsd] eval: WARNING: eval.target_kernel={report['kernel']} quantizes activations per call, so "
+                "T=0 speculative output can differ from plain AR (eval/lossless_match); speeds only",
+                flush=True,
+            )
+        print(
+            f"[vsd] eval: target kernel {report['kernel']}, {report.get('threads', '-')} threads "
+            f"(eval.target_kernel={cfg.eval.target_kernel})",
+            flush=True,
+        )
+        ctx.artifacts["decode_target"] = target
+    return ctx.artifacts["decode_target"]
+
+
 def make_drafter(ctx) -> Any:
     """The configured drafter: ``ngram`` (prompt lookup, no training) or ``eagle3`` (a trained draft head,
     from this run's train stage or ``draft.checkpoint``: :func:`draft_path`)."""
@@ -48,14 +77,14 @@ def make_drafter(ctx) -> Any:
     if path is None:
         from vsd.decoding.ngram import NgramDrafter
 
-        return NgramDrafter(ctx.target.vocab_size)
+        return NgramDrafter(decode_target(ctx).vocab_size)
     from vsd.decoding.eagle import load_draft  # only this drafter needs the model code
 
-    drafter = load_draft(path, ctx.target)
+    drafter = load_draft(path, decode_target(ctx))
     if ctx.cfg.decoding.ngram_branch > 0:  # prompt lookup's continuation as one more branch of each T=0 tree
         from vsd.decoding.lookup_branch import LookupBranchDrafter
 
-        drafter = LookupBranchDrafter(drafter, ctx.target.vocab_size)
+        drafter = LookupBranchDrafter(drafter, decode_target(ctx).vocab_size)
     return drafter
 
 
@@ -88,6 +117,7 @@ def eval_key(ctx, dcfg) -> str:
         "model": plain(cfg.model),
         "dtype": cfg.dtype,
         "device": str(ctx.target.device),
+        "target_kernel": decode_target(ctx).kernel,
         "draft": draft,
     }
     blob = json.dumps(what, sort_keys=True, default=str)
@@ -121,8 +151,10 @@ def _run_reference(ctx, records: list[dict], drafter, dcfg, shape_info) -> dict[
     from vsd.records import append_jsonl
 
     cfg = ctx.cfg
-    refs = build_references(ctx.target, records, cfg.decoding, cfg.eval, ctx.cache_dir)
-    rows = reference_rows(drafter.head_in(dcfg.draft_dtype), ctx.target, refs, dcfg)  # decoding's draft dtype
+    refs = build_references(decode_target(ctx), records, cfg.decoding, cfg.eval, ctx.cache_dir)
+    rows = reference_rows(
+        drafter.head_in(dcfg.draft_dtype), decode_target(ctx), refs, dcfg
+    )  # decoding's draft dtype
     out = Path(ctx.run_dir) / "eval.jsonl"
     out.unlink(missing_ok=True)
     for row in rows:
@@ -165,7 +197,7 @@ def run(ctx) -> dict[str, float]:
     records = load_suite(cfg.eval)
     if not records:
         raise UserError(f"eval.suite: {cfg.eval.suite} selected no prompts (check eval.categories)")
-    target = ctx.target
+    target = decode_target(ctx)
     drafter = make_drafter(ctx)
     # decoding.shape=auto: the tree shape for this device and draft (the peers keep the configured settings)
     dcfg, shape_info = resolve_shape(target, drafter, cfg.decoding, cfg.paths.cache_dir)

@@ -36,8 +36,11 @@ class TargetOutput:
 class Target:
     """A frozen causal LM plus tokenizer. All calls are no-grad."""
 
-    def __init__(self, model, tokenizer, name: str, feature_layers: list[int] | None = None):
+    def __init__(
+        self, model, tokenizer, name: str, feature_layers: list[int] | None = None, kernel: str = "dense"
+    ):
         self.model = model.eval().requires_grad_(False)
+        self.kernel = kernel  # dense | int8 (vsd/models/cpu_kernels.py): part of every timing cache's key
         self.tokenizer = tokenizer
         self.name = name
         cfg = model.config
