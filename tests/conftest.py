@@ -15,7 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def default_target():
-    """The embedded default target (SmolLM2-135M-Instruct, bf16), converted once into the user cache."""
+    """The embedded default target (SmolLM2-135M-Instruct; dtype=auto: bf16 where the CPU has native bf16,
+    else fp32), converted once into the user cache."""
     from vsd.config import compose
     from vsd.models.target import load_target
 

@@ -18,6 +18,7 @@ def test_shipped_base_loads_checked_and_drafts(default_target):
     assert (d / "model.safetensors").stat().st_size < 25e6  # the budget for a committed draft
     head = DraftHead.load(d, default_target)  # verifies the recorded sha256 of both weight files
     assert head.hc.target_name == "smollm2_135m" and head.d2t.numel() == 8192
+    assert head.fc.weight.dtype == torch.float32  # saved in bf16, trained and run in fp32 on any CPU
     # a trained draft: on a sentence the target itself continues, its top-1 agrees with the target often
     ids = torch.tensor(
         [default_target.chat_ids([{"role": "user", "content": "What is the capital of France?"}])]
