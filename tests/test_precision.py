@@ -1,5 +1,5 @@
-"""Precision and threads chosen by the hardware (vsd/runtime.py) and the eval's target kernels
-(vsd/models/cpu_kernels.py). The CPU's capabilities are faked both ways: CI's CPU has whichever it has."""
+"""Precision and threads chosen by the hardware (vsd/runtime.py). The CPU's capabilities are faked both ways:
+CI's CPU has whichever it has."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import torch
 import vsd.runtime as rt
 from vsd.config import compose
 from vsd.errors import ConfigError
-from vsd.models.cpu_kernels import choose_kernel, step_ms, with_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
 AVX2 = {"cpu_name": "AMD EPYC", "avx2": True, "avx512_bf16": False, "amx_bf16": False}
@@ -114,31 +113,3 @@ def test_the_run_records_its_precision_and_why(tmp_path: Path) -> None:
     }
     assert rec["usable_cpus"] >= 1 and rec["threads"] >= 1
     assert "[vsd] precision: target float32, training bf16 autocast on (VSD_NATIVE_BF16=1)" in out.stdout
-
-
-def test_kernels_auto_keeps_the_lossless_dense_target_at_a_timed_thread_count(tiny_target) -> None:
-    before = torch.get_num_threads()
-    try:
-        target, report = choose_kernel(tiny_target, "auto", [2, 1])
-        assert target is tiny_target and report["kernel"] == "dense" and report["lossless"]
-        assert {t["threads"] for t in report["timings"]} == {2, 1} and report["threads"] in (1, 2)
-        assert torch.get_num_threads() == report["threads"]
-        q, report = choose_kernel(tiny_target, "int8", [1])
-        assert q.kernel == "int8" and report == {
-            "kernel": "int8",
-            "mode": "int8",
-            "threads": 1,
-            "lossless": False,
-        }
-    finally:
-        torch.set_num_threads(before)
-
-
-def test_int8_target_is_quantized_close_to_dense_and_timed(tiny_target) -> None:
-    q = with_kernel(tiny_target, "int8")
-    assert isinstance(q.model.lm_head, torch.ao.nn.quantized.dynamic.Linear)
-    assert isinstance(tiny_target.model.lm_head, torch.nn.Linear)  # the dense target is left as it was
-    ids = torch.arange(1, 20)[None]
-    dense, quant = tiny_target.forward(ids).logits, q.forward(ids).logits
-    assert (dense - quant).abs().max() < 0.1 * dense.abs().max()
-    assert step_ms(q, 4, context=8, reps=1) > 0

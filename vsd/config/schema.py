@@ -332,13 +332,13 @@ class EvalConfig:
     # <model_id>-baseline.jsonl (plain AR), for Spec-Bench's own speed script (vsd/evaluation/specbench.py)
     answers: bool = False
     model_id: str | None = None  # the answers' model_id; None: <model.name>-vsd-<decoding.drafter>
-    # the target's kernels for every decoding method alike (vsd/models/cpu_kernels.py): auto (dense; on a CPU
-    # the fastest thread count, timed) | dense | int8 (CPU dynamic quantization: faster, but lossy at T=0)
+    # the target's kernels for every decoding method alike (vsd/models/cpu_kernels.py): auto (CPU: the fastest
+    # lossless kernel and thread count, timed; CUDA: dense) | dense | fp16_weights | int8 (lossy at T=0)
     target_kernel: str = "auto"
 
     def __post_init__(self) -> None:
         _choice("eval.method", self.method, ("decode", "reference"))
-        _choice("eval.target_kernel", self.target_kernel, ("auto", "dense", "int8"))
+        _choice("eval.target_kernel", self.target_kernel, ("auto", "dense", "fp16_weights", "int8"))
         if self.answers and self.method != "decode":
             raise ConfigError(
                 "eval.answers", "Spec-Bench answers come from decoding: needs eval.method=decode"

@@ -1,16 +1,22 @@
 """The target's kernels for decoding on a CPU, chosen by measurement.
 
-On a CPU the target's step costs what its matmuls cost: in fp32 on two AVX2 cores a KV-cached forward of 16
-tokens takes ~2.4 one-token steps (the LM head alone, 49,152 x 576, is 8 ms of a 52 ms step), so a tree's
-verify eats the speedup. int8 dynamic quantization of the linear layers (FBGEMM: int8 weights, activations
-quantized per call, int32 accumulation) makes the one-token step ~1.7x and the 16-token step ~2.5x faster there
-(docs/training.md). But its activation scale is computed per call over every token in it, so a token's
-logits depend on which tokens are verified beside it: the int8 target is no fixed function of the prefix, and
-T=0 speculative output then differs from plain AR (measured: 1 of 14 turns equal). So ``auto`` keeps only
-kernels that leave decoding lossless: the dense target in the run's dtype, at the thread count that times
-fastest on this machine, in this process. ``int8`` is an explicit choice for speed studies, and the run says
-it is lossy. The eval decodes AR, the peers and speculative decoding with one target, so the choice changes
-every method alike. Training and features keep the dense target; CUDA always runs dense.
+On a CPU the target's step costs what its matmuls cost: in fp32 on two AVX2 cores the LM head alone (49,152 x
+576) takes 8 ms of a ~52 ms one-token step and ~27 ms of a 16-token one, so a tree's verify eats the speedup.
+The candidates, each a copy of the target whose ``nn.Linear`` layers (the LM head too) run FBGEMM kernels:
+
+- ``dense``: the target as loaded (the run's dtype).
+- ``fp16_weights``: weights stored in fp16, activations and accumulation in fp32. No activation is
+  quantized, so each token's logits depend on that token's prefix alone, as in fp32 (batch effects are float
+  rounding only), and fp16 holds the bf16 copy's weights exactly in its normal range. Lossless as dense is.
+- ``int8``: int8 weights and activations, int32 accumulation. Fastest, but the activation scale is computed
+  per call over every token in it, so a token's logits depend on which tokens are verified beside it: the
+  int8 target is no fixed function of the prefix and T=0 speculative output differs from plain AR (measured:
+  1 of 14 turns equal). An explicit choice for speed studies; the run says it is lossy.
+
+``eval.target_kernel=auto`` times the lossless candidates at each thread count on this machine, in this
+process, and keeps the fastest (numbers: docs/training.md). The eval decodes AR, the peers and speculative
+decoding with that one target, so the choice changes every method alike. Training and features keep the dense
+target; CUDA always runs dense.
 """
 
 from __future__ import annotations
@@ -23,25 +29,25 @@ import torch
 
 from vsd.models.target import Target
 
-KERNELS = ("dense", "int8")
-LOSSLESS = ("dense",)  # the kernels ``auto`` may pick: T=0 speculative output equals plain AR
+KERNELS = {"dense": None, "fp16_weights": torch.float16, "int8": torch.qint8}  # name -> dynamic weight dtype
+LOSSLESS = ("dense", "fp16_weights")  # the kernels ``auto`` may pick: T=0 speculative output equals plain AR
 
 
 def with_kernel(target: Target, kernel: str) -> Target:
-    """``target`` itself for ``dense``; for ``int8`` a copy whose ``nn.Linear`` layers (the LM head too) are
-    int8 dynamically quantized, on float32 activations."""
+    """``target`` itself for ``dense``; else a copy whose ``nn.Linear`` layers (the LM head too) run FBGEMM's
+    dynamic kernels with ``KERNELS[kernel]`` weights on float32 activations (module docstring)."""
     if kernel == "dense":
         return target
-    if kernel != "int8":
+    if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}")
     if target.device.type != "cpu":
-        raise ValueError("int8 dynamic quantization runs on the CPU only")
+        raise ValueError(f"{kernel} runs on the CPU only")
     with warnings.catch_warnings():  # torch.ao's eager quantization is deprecated in favour of torchao
         warnings.simplefilter("ignore")
         model = torch.ao.quantization.quantize_dynamic(
             target.model.float() if target.dtype != torch.float32 else target.model,
             {torch.nn.Linear},
-            dtype=torch.qint8,
+            dtype=KERNELS[kernel],
             inplace=False,
         )
     return Target(model, target.tokenizer, target.name, target.feature_layers, kernel=kernel)
@@ -80,8 +86,14 @@ def choose_kernel(
             "threads": threads[0],
             "lossless": k in LOSSLESS,
         }
-    built = {k: with_kernel(target, k) for k in candidates}
-    timings, best = [], None
+    built, timings, best = {}, [], None
+    for k in candidates:
+        try:
+            built[k] = with_kernel(target, k)
+        except (RuntimeError, ValueError) as e:  # e.g. no FBGEMM on this CPU (ARM): that candidate is out
+            timings.append({"kernel": k, "error": str(e).splitlines()[0][:200]})
+    if not built:
+        return target, {"kernel": "dense", "mode": kernel, "lossless": True, "timings": timings}
     for k, model in built.items():
         for n in threads:
             torch.set_num_threads(n)
