@@ -68,7 +68,10 @@ def _shas(d: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_two_ranks_build_their_own_shards_and_equal_one_process(tmp_path):
+def test_two_ranks_build_their_own_shards_and_equal_one_process(tmp_path, monkeypatch):
+    import vsd.features.cache as fcache
+
+    monkeypatch.setattr(fcache, "SEQS_PER_SHARD", fcache.SEQS_PER_SHARD)  # _build changes it: undone after
     out = str(tmp_path)
     _build(0, 1, 0, out)
     mp.start_processes(_build, args=(2, _free_port(), out), nprocs=2, join=True, start_method="spawn")

@@ -9,11 +9,12 @@ import torch
 from vsd.config import compose
 from vsd.errors import UserError
 from vsd.models.target import default_feature_layers, ensure_converted_gguf, load_target, verify_converted
+from vsd.runtime import resolve_dtype
 
 
 def test_default_target_answers_greedily(default_target):
     t = default_target
-    assert t.dtype == torch.bfloat16 and t.num_layers == 30 and t.hidden_size == 576
+    assert t.dtype == resolve_dtype("auto", "gguf", "cpu") and t.num_layers == 30 and t.hidden_size == 576
     ids = t.chat_ids([{"role": "user", "content": "What is the capital of France?"}])
     out = t.model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)
     assert t.decode(out[0, len(ids) :].tolist()).startswith("The capital of France is Paris.")

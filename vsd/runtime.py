@@ -81,11 +81,16 @@ class Precision:
         return f"precision: target {self.dtype}, training bf16 autocast {auto} ({self.reason})"
 
 
+def bf16_autocast_on(value: bool | str, device: str) -> bool:
+    """``train.bf16_autocast``: ``auto`` follows :func:`native_bf16`; true/false as given."""
+    return native_bf16(device)[0] if value == "auto" else bool(value)
+
+
 def resolve_precision(dtype: str, bf16_autocast: bool | str, source: str, device: str) -> Precision:
     """``dtype=auto`` and ``train.bf16_autocast=auto`` follow :func:`native_bf16`; an explicit value wins."""
     native, why = native_bf16(device)
     resolved = str(resolve_dtype(dtype, source, device)).removeprefix("torch.")
-    autocast = native if bf16_autocast == "auto" else bool(bf16_autocast)
+    autocast = bf16_autocast_on(bf16_autocast, device)
     explicit = [k for k, v in (("dtype", dtype), ("train.bf16_autocast", bf16_autocast)) if v != "auto"]
     reason = why + (f"; set explicitly: {', '.join(explicit)}" if explicit else "")
     return Precision(resolved, autocast, native, reason)

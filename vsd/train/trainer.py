@@ -186,8 +186,12 @@ class Trainer:
         return dict(zip(keys, t.tolist()))
 
     def _autocast(self):
+        from vsd.runtime import (
+            bf16_autocast_on,  # a run resolved "auto" already; a Trainer built alone does here
+        )
+
         dev = "cuda" if str(self.device).startswith("cuda") else "cpu"
-        return torch.autocast(dev, dtype=torch.bfloat16, enabled=self.t.bf16_autocast)
+        return torch.autocast(dev, dtype=torch.bfloat16, enabled=bf16_autocast_on(self.t.bf16_autocast, dev))
 
     def _merge_logs(self, parts: list[tuple[float, dict]], n_total: float) -> dict[str, float]:
         """parts: (weight numerator n_resp, logs) per micro-batch of this rank -> global logs."""
