@@ -202,6 +202,15 @@ def print_summary(metrics: dict[str, Any], record: RunRecord) -> None:
         how = f" ({shape['mode']})" if shape.get("mode") else ""
         dims = (metrics["eval/shape_depth"], metrics["eval/shape_top_k"], metrics["eval/shape_nodes"])
         t.add_row("tree shape: depth × top-k × nodes", "×".join(f"{d:.0f}" for d in dims) + how)
+    if record.data.get("precision"):
+        p = record.data["precision"]
+        t.add_row(
+            "precision: target dtype, training bf16 autocast",
+            f"{p['dtype']}, {'on' if p['bf16_autocast'] else 'off'}",
+        )
+    if record.data.get("target_kernel"):
+        k = record.data["target_kernel"]
+        t.add_row("eval target kernel (every method), threads", f"{k['kernel']}, {k.get('threads', '-')}")
     for key, label, fmt in HEADLINE:
         v = metrics.get(key)
         if isinstance(v, (int, float)) and v == v:
