@@ -268,6 +268,67 @@ def check_geometry(hc: HeadConfig, fields: dict[str, str], target, where: str) -
         )
 
 
+def read_llama_eagle3(
+    fmt: str,
+    d: Path,
+    cfg: dict[str, Any],
+    target,
+    where: str,
+    geo: dict[str, Any],
+    layers: tuple[list[int], str],
+    size_field: str,
+    prefix: Callable[[int], str],
+    num_layers: int = 1,
+    meta: dict[str, Any] | None = None,
+) -> DraftCheckpoint:
+    """What the official and the speculators readers share once each has read its own config fields: the
+    ``target_hidden_size`` and feature-layer checks, the head's geometry checked against ``target``, and the
+    weights. ``layers``: (feature layers in vsd's numbering, the field they came from); ``size_field``: where
+    the hidden size was read (named in errors)."""
+    ths = cfg.get("target_hidden_size")
+    if ths is not None and int(ths) != geo["hidden_size"]:
+        raise UserError(
+            f"{where}: target_hidden_size={ths} differs from {size_field}hidden_size={geo['hidden_size']}; "
+            "vsd's draft has the target's hidden size"
+        )
+    feature_layers, field = layers
+    if len(feature_layers) != 3:
+        raise UserError(f"{where}: {field} must name 3 layers, got {len(feature_layers)}")
+    draft_vocab = int(require(cfg, "draft_vocab_size", where))
+    vocab = geo.pop("target_vocab_size")
+    hc = HeadConfig(
+        **geo,
+        num_layers=num_layers,
+        draft_vocab_size=draft_vocab,
+        target_vocab_size=vocab,
+        feature_layers=feature_layers,
+        target_name=target.name,
+        feature_norm=bool(cfg.get("fc_norm", False)),
+    )
+    fields = {
+        "hidden_size": f"{size_field}hidden_size",
+        "vocab_size": f"{size_field}vocab_size",
+        "feature_layers": field,
+    }
+    check_geometry(hc, fields, target, where)
+    weights, fname = read_weights(d, where)
+    names = key_map(hc, prefix)
+    state = take(weights, names, ("d2t", "t2d", "embed_tokens.weight"), f"{where}: {fname}")
+    ids = draft_ids(weights, draft_vocab, vocab, f"{where}: {fname}")
+    return DraftCheckpoint(
+        fmt=fmt,
+        hc=hc,
+        state=state,
+        d2t=ids,
+        file_keys=names | {"embed_tokens.weight": "embed_tokens.weight"},
+        fields=fields,
+        where=where,
+        embed=weights.get("embed_tokens.weight"),
+        sha256=sha256_of(d, (fname, CONFIG)),
+        **({"meta": meta} if meta is not None else {}),
+    )
+
+
 def build_head(ck: DraftCheckpoint, target, device: str | torch.device = "cpu") -> DraftHead:
     """A :class:`DraftHead` with the checkpoint's weights and vocab map and the target's frozen embedding."""
     check_target(ck, target)

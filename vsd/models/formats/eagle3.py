@@ -17,24 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from vsd.errors import UserError
-from vsd.models.draft import HeadConfig
 from vsd.models.formats.common import (
     CONFIG,
     SAFETENSORS,
     DraftCheckpoint,
-    check_geometry,
     default_feature_layers,
-    draft_ids,
     flag,
     key_map,
     llama_geometry,
     offsets_from_ids,
-    read_weights,
+    read_llama_eagle3,
     require,
     rope_legacy,
-    sha256_of,
     t2d_mask,
-    take,
 )
 
 ARCHITECTURES = ("LlamaForCausalLMEagle3", "Eagle3LlamaForCausalLM")  # SGLang / EAGLE, vLLM's own name
@@ -53,7 +48,7 @@ def read(d: Path, cfg: dict[str, Any], target, where: str) -> DraftCheckpoint:
     """An official-layout checkpoint as a :class:`DraftCheckpoint` (checked against ``target`` later)."""
     flag(cfg, "model_type", "llama", where)
     geo = llama_geometry(cfg, where)
-    draft_vocab = int(require(cfg, "draft_vocab_size", where))  # SGLang: absent = full vocab, target's head
+    require(cfg, "draft_vocab_size", where)  # SGLang: absent = full vocab, target's head (not vsd's layout)
     flag(cfg, "num_hidden_layers", 1, where)  # EAGLE/SpecForge: one midlayer
     for name in ("norm_before_fc", "norm_output", "norm_before_residual", "tie_word_embeddings", "bias"):
         flag(cfg, name, False, where)
@@ -61,12 +56,6 @@ def read(d: Path, cfg: dict[str, Any], target, where: str) -> DraftCheckpoint:
     if not isinstance(ecfg, dict):
         raise UserError(f"{where}: eagle_config must be an object")
     flag(ecfg, "use_aux_hidden_state", True, where, "eagle_config.")
-    ths = cfg.get("target_hidden_size")
-    if ths is not None and int(ths) != geo["hidden_size"]:
-        raise UserError(
-            f"{where}: target_hidden_size={ths} differs from hidden_size={geo['hidden_size']}; vsd's draft has "
-            "the target's hidden size"
-        )
     if ecfg.get("eagle_aux_hidden_state_layer_ids") is not None:
         layers, field = [int(i) + 1 for i in ecfg["eagle_aux_hidden_state_layer_ids"]], AUX_IDS
     elif cfg.get(
@@ -78,35 +67,7 @@ def read(d: Path, cfg: dict[str, Any], target, where: str) -> DraftCheckpoint:
         )
     else:
         layers, field = default_feature_layers(target.num_layers), f"{AUX_IDS} (absent: EAGLE-3's default)"
-    if len(layers) != 3:
-        raise UserError(f"{where}: {field} must name 3 layers, got {len(layers)}")
-    vocab = geo.pop("target_vocab_size")
-    hc = HeadConfig(
-        **geo,
-        num_layers=1,
-        draft_vocab_size=draft_vocab,
-        target_vocab_size=vocab,
-        feature_layers=layers,
-        target_name=target.name,
-        feature_norm=bool(cfg.get("fc_norm", False)),
-    )
-    fields = {"hidden_size": "hidden_size", "vocab_size": "vocab_size", "feature_layers": field}
-    check_geometry(hc, fields, target, where)
-    weights, fname = read_weights(d, where)
-    names = key_map(hc, _prefix)
-    state = take(weights, names, ("d2t", "t2d", "embed_tokens.weight"), f"{where}: {fname}")
-    ids = draft_ids(weights, draft_vocab, vocab, f"{where}: {fname}")
-    return DraftCheckpoint(
-        fmt="eagle3",
-        hc=hc,
-        state=state,
-        d2t=ids,
-        file_keys=names | {"embed_tokens.weight": "embed_tokens.weight"},
-        fields=fields,
-        where=where,
-        embed=weights.get("embed_tokens.weight"),
-        sha256=sha256_of(d, (fname, CONFIG)),
-    )
+    return read_llama_eagle3("eagle3", d, cfg, target, where, geo, (layers, field), "", _prefix)
 
 
 def write(ck: DraftCheckpoint, out: Path) -> dict[str, Any]:

@@ -21,18 +21,13 @@ from vsd.models.formats.common import (
     CONFIG,
     SAFETENSORS,
     DraftCheckpoint,
-    check_geometry,
     default_feature_layers,
-    draft_ids,
     flag,
     key_map,
     llama_geometry,
     offsets_from_ids,
-    read_weights,
-    require,
-    sha256_of,
+    read_llama_eagle3,
     t2d_mask,
-    take,
 )
 
 SPECULATORS_VERSION = "0.9.0"  # the release whose Eagle3DraftModel the export is tested against
@@ -57,50 +52,17 @@ def read(d: Path, cfg: dict[str, Any], target, where: str) -> DraftCheckpoint:
     flag(tl, "model_type", "llama", where, lp)  # qwen3 layers add q/k norms vsd's head does not have
     geo = llama_geometry(tl, where, lp)
     num_layers = int(tl.get("num_hidden_layers") or 1)
-    draft_vocab = int(require(cfg, "draft_vocab_size", where))
     for name in ("norm_before_residual", "norm_before_fc", "norm_output"):
         flag(cfg, name, False, where)
-    ths = cfg.get("target_hidden_size")
-    if ths is not None and int(ths) != geo["hidden_size"]:
-        raise UserError(
-            f"{where}: target_hidden_size={ths} differs from {lp}hidden_size={geo['hidden_size']}; vsd's "
-            "draft has the target's hidden size"
-        )
     if cfg.get(AUX_IDS):
         layers, field = [int(i) for i in cfg[AUX_IDS]], AUX_IDS
     else:
         layers, field = default_feature_layers(target.num_layers), f"{AUX_IDS} (absent: EAGLE-3's default)"
-    if len(layers) != 3:
-        raise UserError(f"{where}: {field} must name 3 layers, got {len(layers)}")
-    vocab = geo.pop("target_vocab_size")
-    hc = HeadConfig(
-        **geo,
-        num_layers=num_layers,
-        draft_vocab_size=draft_vocab,
-        target_vocab_size=vocab,
-        feature_layers=layers,
-        target_name=target.name,
-        feature_norm=bool(cfg.get("fc_norm", False)),
-    )
-    fields = {"hidden_size": f"{lp}hidden_size", "vocab_size": f"{lp}vocab_size", "feature_layers": field}
-    check_geometry(hc, fields, target, where)
-    weights, fname = read_weights(d, where)
-    names = key_map(hc, _prefix)
-    state = take(weights, names, ("d2t", "t2d", "embed_tokens.weight"), f"{where}: {fname}")
-    ids = draft_ids(weights, draft_vocab, vocab, f"{where}: {fname}")
     spec = cfg.get("speculators_config")
     verifier = spec.get("verifier") if isinstance(spec, dict) else None
-    return DraftCheckpoint(
-        fmt="speculators",
-        hc=hc,
-        state=state,
-        d2t=ids,
-        file_keys=names | {"embed_tokens.weight": "embed_tokens.weight"},
-        fields=fields,
-        where=where,
-        embed=weights.get("embed_tokens.weight"),
-        sha256=sha256_of(d, (fname, CONFIG)),
-        meta={"verifier": verifier if isinstance(verifier, dict) else {}},
+    meta = {"verifier": verifier if isinstance(verifier, dict) else {}}
+    return read_llama_eagle3(
+        "speculators", d, cfg, target, where, geo, (layers, field), lp, _prefix, num_layers, meta
     )
 
 
