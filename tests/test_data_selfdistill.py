@@ -13,16 +13,18 @@ from vsd.data.sources import TINY_PROMPTS
 N = 6  # prompts -> 3 shards of batch 2
 
 
+BASE = [  # the tiny self-distillation set-up these tests and tests/test_data_turns.py share
+    "model=tiny_random",
+    "dataset=tiny",
+    "dataset.source=tiny",
+    "dataset.gen_batch_size=2",
+    "dataset.gen_max_new_tokens=6",
+    "dataset.max_seq_len=80",
+]
+
+
 def _cfg(**kw):
-    ov = [
-        "model=tiny_random",
-        "dataset=tiny",
-        "dataset.source=tiny",
-        "dataset.gen_batch_size=2",
-        "dataset.gen_max_new_tokens=6",
-        "dataset.max_seq_len=80",
-    ]
-    _, cfg = compose(ov + [f"dataset.{k}={v}" for k, v in kw.items()])[0]
+    _, cfg = compose(BASE + [f"dataset.{k}={v}" for k, v in kw.items()])[0]
     return cfg.dataset
 
 

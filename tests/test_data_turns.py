@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from tests.test_data_selfdistill import BASE
 from vsd.config import compose
 from vsd.data.chat import ChatFormat, complete_pairs, conversation_ids, normalize_chat
 from vsd.data.selfdistill import build_selfdistill, load_sequences, selfdistill_desc
@@ -14,14 +15,6 @@ from vsd.data.shards import content_key
 from vsd.data.sources import TINY_PROMPTS, as_conversations, load_json_file, load_sharegpt, prompt_text
 from vsd.errors import UserError
 
-BASE = [
-    "model=tiny_random",
-    "dataset=tiny",
-    "dataset.source=tiny",
-    "dataset.gen_batch_size=2",
-    "dataset.gen_max_new_tokens=6",
-    "dataset.max_seq_len=80",
-]
 SYSTEM = {"role": "system", "content": "Be brief."}
 THREE = [SYSTEM] + [{"role": "user", "content": t} for t in ("Hi there", "And then?", "Why so?")]
 
