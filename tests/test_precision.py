@@ -14,7 +14,7 @@ import torch
 
 import vsd.runtime as rt
 from vsd.config import compose
-from vsd.errors import ConfigError
+from vsd.errors import ConfigError, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 AVX2 = {"cpu_name": "AMD EPYC", "avx2": True, "avx512_bf16": False, "amx_bf16": False}
@@ -62,6 +62,9 @@ def test_the_environment_override_forces_either_way(cpu, monkeypatch) -> None:
     cpu(AVX2)
     monkeypatch.setenv("VSD_NATIVE_BF16", "1")
     assert rt.native_bf16("cpu") == (True, "VSD_NATIVE_BF16=1")
+    monkeypatch.setenv("VSD_NATIVE_BF16", "yes")
+    with pytest.raises(UserError, match=r"^VSD_NATIVE_BF16: must be 0 or 1, got 'yes'$"):
+        rt.native_bf16("cpu")
 
 
 def test_bf16_autocast_takes_auto_true_or_false() -> None:

@@ -45,7 +45,9 @@ def native_bf16(device: str) -> tuple[bool, str]:
     AVX2 (most laptops, Zen 2/3 nodes) torch emulates bf16 matmuls, 10-40x slower than fp32 (measured:
     docs/training.md). ``VSD_NATIVE_BF16=0|1`` overrides the detection (to run as a CPU without it would)."""
     forced = os.environ.get("VSD_NATIVE_BF16")
-    if forced in ("0", "1"):
+    if forced is not None:
+        if forced not in ("0", "1"):
+            raise UserError(f"VSD_NATIVE_BF16: must be 0 or 1, got {forced!r}")
         return forced == "1", f"VSD_NATIVE_BF16={forced}"
     if str(device).startswith("cuda"):
         return True, "CUDA"
