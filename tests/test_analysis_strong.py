@@ -87,3 +87,27 @@ def test_block_reports_every_declared_arm_and_marks_the_missing_ones_not_run():
 def test_empty_records_render():
     text = strong.render(pd.DataFrame(), {}, pd.DataFrame(columns=["regime", "arm", "seed"]))
     assert "in no arm (0 of 7 comparisons ran)" in text
+
+
+def test_the_drivers_rule_reads_val_records_only(tmp_path):
+    """vsd.evaluation.selection (what scripts/run_strong.py applies, without pandas): val runs only, completed
+    only, mean over seeds, ties to the first in order."""
+    import json
+
+    from vsd.evaluation.selection import mean_val_tau, pick_best
+
+    def run(d, tau, split="val", status="completed"):
+        d.mkdir(parents=True)
+        (d / "run.json").write_text(json.dumps({"status": status}))
+        (d / "config.json").write_text(json.dumps({"eval": {"split": split}}))
+        (d / "metrics.json").write_text(json.dumps({"eval/tau": tau}))
+        return d
+
+    a = [run(tmp_path / "a0", 2.0), run(tmp_path / "a1", 3.0), run(tmp_path / "a2", 9.0, status="failed")]
+    b = [run(tmp_path / "b0", 2.5), run(tmp_path / "b1", 9.0, split="test")]
+    assert mean_val_tau(a) == 2.5 and mean_val_tau(b) == 2.5 and mean_val_tau([tmp_path / "none"]) is None
+    assert (
+        pick_best({"a": 2.5, "b": 2.5}, ("a", "b")) == "a"
+        and pick_best({"a": 2.5, "b": 2.6}, ("a", "b")) == "b"
+    )
+    assert pick_best({}, ("a",)) is None and pick_best({"c": 9.0}, ("a", "b")) is None

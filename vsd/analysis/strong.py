@@ -27,6 +27,7 @@ from vsd.analysis.collect import collect_runs
 from vsd.analysis.record_store import open_run
 from vsd.analysis.regimes import _fmt, compare, pooled_seed_var
 from vsd.analysis.results import markers, write_page
+from vsd.evaluation.selection import pick_best
 
 REGIMES = ("source", "sampled")
 ARMS = {
@@ -41,6 +42,7 @@ ARMS = {
     "tree": "VSD, tree E-step",
 }
 ALPHA = ("vsd-a1", "vsd-a3", "vsd-a10")  # the one family with a choice; smaller alpha first (the tie-break)
+assert tuple(a.replace("-", "_") for a in ALPHA) == ("vsd_a1", "vsd_a3", "vsd_a10")  # scripts/run_strong.py
 # family -> (its arms, the temperature its test is judged at first)
 FAMILIES = {
     "α family": (ALPHA, 0.0),
@@ -77,6 +79,9 @@ def load(runs_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, dict[str, pd.Da
     if not len(df):
         return df, {}
     df = df[(df["status"] == "completed") & df["run_name"].astype(str).str.startswith("strong-")].copy()
+    if "eval/tau" not in df:
+        return df.iloc[0:0], {}
+    df = df[df["eval/tau"].notna()].copy()  # runs without an eval (data, features) are no arm's
     ra = [arm_of(str(n)) for n in df["run_name"]]
     df["regime"] = [x[0] if x else None for x in ra]
     df["arm"] = [x[1] if x else None for x in ra]
@@ -116,10 +121,7 @@ def select_alpha(df: pd.DataFrame, regime: str) -> tuple[str | None, dict[str, f
         g = runs(df, regime, arm, "val", 0.0) if len(df) else df
         if len(g):
             means[arm] = float(g["eval/tau"].astype(float).mean())
-    if not means:
-        return None, means
-    best = max(means.values())
-    return next(a for a in ALPHA if means.get(a) == best), means
+    return pick_best(means, ALPHA), means  # the rule itself: one function, the driver's too
 
 
 def chosen(df: pd.DataFrame, regime: str) -> list[tuple[str, str]]:
