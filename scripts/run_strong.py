@@ -65,6 +65,7 @@ TINY_STEPS = {"strong_power": 2}  # others: 4
 TIER_ALPHA_T1 = 0.5  # before the next tier's training once the alpha family of a regime has finished
 TIER_BASE_T1 = 4
 EXPORT_SKIP = ("draft", "checkpoints", ".hydra")  # folders a record does not need (weights, optimizer state)
+EXPORT_SKIP_SUFFIXES = (".safetensors", ".pt", ".bin")  # weights beside them (the draft vocab)
 
 
 @dataclass
@@ -179,6 +180,7 @@ def export(root: Path, out: Path) -> Path:
                 if (
                     f.is_file()
                     and not any(p in EXPORT_SKIP for p in rel)
+                    and f.suffix not in EXPORT_SKIP_SUFFIXES
                     and d == next((a for a in f.parents if (a / "run.json").is_file()), None)
                 ):
                     tar.add(f, arcname=str(f.relative_to(root)))
