@@ -160,6 +160,8 @@ def comparisons(df: pd.DataFrame, turns: dict[str, pd.DataFrame]) -> list[dict]:
                     "primary": fam_T == T,
                     "ran": c is not None,
                 }
+                if c is not None:  # the % base, also where the difference is 0
+                    row["b_tau"] = float(rb["eval/tau"].astype(float).mean())
                 rows.append({**row, **(c or {})})
     return rows
 
@@ -244,7 +246,7 @@ def comparisons_table(rows: list[dict]) -> list[str]:
             else "–"
         )
         comb = f"[{_fmt(c.get('lo'))}, {_fmt(c.get('hi'))}]"
-        ref = c["diff"] / c["rel"] if c["rel"] else math.nan
+        ref = c.get("b_tau", math.nan)
         key = "mde" if "mde" in c else "mde_prompt"
         mde = f"{_fmt(c.get(key), signed=False)} ({100 * c.get(key, math.nan) / ref:.1f}%)"
         out.append(
