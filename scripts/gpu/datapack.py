@@ -14,6 +14,7 @@ pins them), without network.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import sys
 import tarfile
@@ -54,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         for pkg in WHOLE:
             d = package_dir(pkg)
             tar.add(d, arcname=pkg, filter=lambda t: None if "__pycache__" in t.name else t)
+            # its dist-info too: transformers checks the installed version (importlib.metadata), and without
+            # it reads 'N/A' and every GGUF load fails (the first call of 2026-12-07's run did)
+            dist = importlib.metadata.distribution(pkg)
+            info = Path(dist._path)  # noqa: SLF001 (the dist-info folder; no public accessor)
+            tar.add(info, arcname=info.name)
     print(f"wrote {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
