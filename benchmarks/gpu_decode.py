@@ -9,7 +9,9 @@ all eager, target graphed with the draft eager (``eagle3_tree_graph_target``), b
 work between the graphs (``eagle3_tree_graph``, ``decoding.captured_step=false``) and the whole step captured
 (``eagle3_tree_step``: two graphs, one host read, vsd/decoding/captured_step.py); plus a graphed chain, larger
 trees (``--trees``, per-call and captured), the shape ``decoding.shape=auto`` picks from this device's measured
-costs (``--auto-shape``) and every graphed row with the draft head in bf16 (``--bf16-draft``).
+costs (``--auto-shape``) and every graphed row with the draft head in bf16 (``--bf16-draft``). A last table pairs
+each per-call graphed row with the captured step of the same shape (ms per token; issue 29's question whether
+the per-call graph path still earns its place).
 ``--temperatures 0 1`` repeats the AR-graphed and EAGLE-3 rows at each temperature (suffix ``_t1``; every row
 records its ``temperature``; T>0 draws from one seeded generator per prompt). The lookup branch is off
 (``decoding.ngram_branch=0``). Every method decodes the same prompt ids after a warm-up; tokens/s counts new
@@ -203,6 +205,12 @@ def main() -> None:
         def commit(self, acc, feats):
             drafter_eagle.commit(acc, feats)
 
+        def extra_nodes(self, dcfg):
+            return 0
+
+        def captured_step(self, runner, dcfg):
+            return None  # the per-call path: the head eager, the target graphed
+
     def run(kind, dcfg, ids, seed=0):
         gen = None
         if dcfg.temperature > 0:
@@ -300,6 +308,7 @@ def main() -> None:
             f"{r['tokens_per_s'] / ar_graph_at(r['temperature']):.2f}x | {r['match_ar_eager']} / "
             f"{r['match_ar_graph']} |"
         )
+    lines += ["", *per_call_vs_captured(results)]
     graphs: dict[str, float] = {}
     if args.graph_times and torch.cuda.is_available():
         graphs = graph_times(target, drafter_eagle)
@@ -336,6 +345,32 @@ def main() -> None:
     Path(args.out).write_text(
         json.dumps({"results": results, "graph_ms": graphs, "table": table, "peak_mem_mb": peak}, indent=1)
     )
+
+
+def per_call_vs_captured(results: dict[str, dict]) -> list[str]:
+    """Markdown rows pairing each per-call graphed EAGLE-3 row (``eagle3_tree_graph*``: the target and draft
+    graphs with host work between them) with the captured step of the same shape, temperature and draft dtype
+    (``eagle3_tree_step*``): ms per new token of each, and the per-call path's time over the captured step's.
+    The question it answers (issue 29): does the per-call graph path still earn its place next to the captured
+    step?"""
+    out = [
+        "| shape row | per-call graphs ms/token | captured step ms/token | per-call / captured "
+        "| tau per-call / captured | T=0 ids = AR eager (per-call, captured) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        if not name.startswith("eagle3_tree_graph") or name.startswith("eagle3_tree_graph_target"):
+            continue
+        other = results.get(name.replace("eagle3_tree_graph", "eagle3_tree_step", 1))
+        if other is None:
+            continue
+        a = 1000 * r["seconds"] / max(r["new_tokens"], 1)
+        b = 1000 * other["seconds"] / max(other["new_tokens"], 1)
+        out.append(
+            f"| {name.replace('eagle3_tree_graph', 'eagle3_tree', 1)} | {a:.3f} | {b:.3f} | {a / b:.2f}x | "
+            f"{r['tau']:.2f} / {other['tau']:.2f} | {r['match_ar_eager']}, {other['match_ar_eager']} |"
+        )
+    return out if len(out) > 2 else []
 
 
 def graph_times(target, drafter, replays: int = 200) -> dict[str, float]:

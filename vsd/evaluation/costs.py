@@ -29,7 +29,9 @@ VERIFY_NODES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # tree sizes c_verify
 
 def verify_tree_size(dcfg: DecodingConfig) -> int:
     """Draft nodes verified per step at the configured size (root excluded)."""
-    return dcfg.depth if dcfg.mode == "chain" else dcfg.total_tokens
+    from vsd.decoding.tree import TreeShape
+
+    return TreeShape.of(dcfg).nodes
 
 
 def representative_tree(dcfg: DecodingConfig, vocab_size: int, n: int | None = None):
@@ -39,9 +41,12 @@ def representative_tree(dcfg: DecodingConfig, vocab_size: int, n: int | None = N
 
     n = verify_tree_size(dcfg) if n is None else n
     tokens = torch.arange(n, dtype=torch.long) % vocab_size
-    if dcfg.mode == "chain" or dcfg.top_k == 1:
+    from vsd.decoding.tree import TreeShape
+
+    shape = TreeShape.of(dcfg)
+    if shape.top_k == 1:
         return DraftTree.chain(tokens.tolist())
-    k = min(dcfg.top_k, n)
+    k = min(shape.top_k, n)
     parents = torch.tensor([i - k if i >= k else -1 for i in range(n)], dtype=torch.long)
     return DraftTree(tokens, parents)
 
