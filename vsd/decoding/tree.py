@@ -15,7 +15,7 @@ A chain is the same procedure with top_k = 1 and depth nodes (:class:`TreeShape`
 One implementation of each: :func:`grow_greedy` and :func:`grow_sampled` run a whole level in tensor
 operations, with ``expand`` getting the level's pool indices. :func:`grow_greedy` moves no value to the host and
 keeps every shape fixed, so a static-shape drafter can capture the whole T = 0 tree as one CUDA graph; on a CPU
-both avoid per-node Python. The tests hold them to a node-at-a-time host reference (tests/tree_reference.py).
+both avoid per-node Python. The tests hold them to a node-at-a-time host reference (tests/decoding/tree_reference.py).
 
 Model drafters score children in their own (smaller) draft vocabulary: ``token_map`` (V_d,) maps the few
 chosen draft ids to target ids, so no (rows, target vocab) tensor is ever built.

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from tests.decoding_helpers import OracleDrafter
-from tests.tree_reference import NodePool, build_dynamic_tree
+from tests.decoding.helpers import OracleDrafter
+from tests.decoding.tree_reference import NodePool, build_dynamic_tree
 from vsd.config.schema import DecodingConfig
 from vsd.decoding.diagnostics import CALIB_BINS, DraftStats
 from vsd.decoding.drafter import DraftTree

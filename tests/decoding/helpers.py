@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import torch
 
-from tests.tree_reference import NodePool, build_dynamic_tree
+from tests.decoding.tree_reference import NodePool, build_dynamic_tree
 from vsd.decoding.tree_attention import node_depths
 
 

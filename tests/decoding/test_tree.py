@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.tree_reference import NodePool, build_dynamic_tree
+from tests.decoding.tree_reference import NodePool, build_dynamic_tree
 from vsd.config.schema import DecodingConfig
 from vsd.decoding.tree import (
     TreeShape,
