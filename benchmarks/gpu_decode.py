@@ -180,7 +180,7 @@ def main() -> None:
             elif name == "ar_graph" or kind == "eagle3":
                 rows.append((f"{name}_t{t:g}", kind, dataclasses.replace(dcfg, temperature=t)))
     if args.auto_shape and drafter_eagle is not None:
-        from vsd.evaluation.autoshape import resolve_shape
+        from vsd.decoding.shape_measure import resolve_shape
 
         dt = "bfloat16" if args.bf16_draft else graphed.draft_dtype
         for t in args.temperatures:

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from vsd.data.eval_prompts import load_suite
+from vsd.decoding.shape_measure import resolve_shape
 from vsd.errors import UserError
-from vsd.evaluation.autoshape import resolve_shape, shape_metrics
 from vsd.evaluation.costs import cost_metrics, measure_forward_costs
-from vsd.evaluation.metrics import compute_metrics
+from vsd.evaluation.metrics import compute_metrics, shape_metrics
 from vsd.evaluation.runner import EvalRunner
 
 
