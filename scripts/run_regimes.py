@@ -83,11 +83,18 @@ def card_env(gpu: str | None) -> dict[str, str] | None:
     return None if gpu is None else {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
 
 
-def job(overrides: list[str], run_dir: Path, log_dir: Path, gpu: str | None = None) -> tuple[str, int, float]:
+def job(
+    overrides: list[str],
+    run_dir: Path,
+    log_dir: Path,
+    gpu: str | None = None,
+    live: set[subprocess.Popen] | None = None,
+) -> tuple[str, int, float]:
     """Run one `python run.py` job unless it already completed with the same overrides; returns (name, exit
     code, seconds). A run completed with other overrides (an older plan in the same --root) fails the job
     with a one-line reason: it is neither kept as if it were this job nor overwritten. ``gpu``: the card it
-    sees (CUDA_VISIBLE_DEVICES), None to leave the environment as it is."""
+    sees (CUDA_VISIBLE_DEVICES), None to leave the environment as it is. ``live``: the running process is in it
+    while it runs (scripts/run_strong.py stops them at its deadline)."""
     name = str(run_dir.relative_to(log_dir.parent)).replace("/", "_")
     if (done := completed(run_dir)) is not None:
         if done == overrides:
@@ -102,7 +109,14 @@ def job(overrides: list[str], run_dir: Path, log_dir: Path, gpu: str | None = No
     with open(log_dir / f"{name}.log", "w") as log:
         log.write(" ".join(cmd) + "\n")
         log.flush()
-        rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        if live is not None:
+            live.add(proc)
+        try:
+            rc = proc.wait()
+        finally:
+            if live is not None:
+                live.discard(proc)
     return name, rc, time.time() - t0
 
 

@@ -181,7 +181,7 @@ class DatasetConfig:
 # ---------------------------------------------------------------------------------------------- loss
 @dataclass
 class LossConfig:
-    """L = L_EAGLE3 + vsd_weight * L_M + car_weight * CAR (see docs/method.md)."""
+    """L = eagle3_weight * L_EAGLE3 + vsd_weight * L_M + car_weight * CAR (see docs/method.md)."""
 
     name: str = MISSING  # eagle3 | vsd
     ttt_steps: int = 7  # training-time-test unroll
@@ -201,6 +201,11 @@ class LossConfig:
     arw_target_ess: float = 0.5
     car: bool = False
     car_weight: float = 0.1
+    # CAR's positions besides the teacher-forced ones: kept (the E-step's kept path tokens) | sampled (every
+    # token of every sampled path, accepted or not: the ELBO's KL over the draft's own paths)
+    car_paths: str = "kept"
+    # weight of L_EAGLE3 once VSD is active (loss=vsd); 0: the M-step and CAR alone (the E-step still runs)
+    eagle3_weight: float = 1.0
     vsd_start_step: int = 0
     require_warm_start: bool = True  # refuse VSD from an untrained draft (train.init_from unset)
     # --- where the E-step can differ from EAGLE-3 (docs/method.md, "Regimes")
@@ -235,6 +240,23 @@ class LossConfig:
         _choice("loss.acceptance", self.acceptance, ("sample", "expected"))
         _choice("loss.vsd_norm", self.vsd_norm, ("anchor", "kept_token", "response_token"))
         _positive("loss.grad_cosine_every", self.grad_cosine_every, allow_zero=True)
+        _choice("loss.car_paths", self.car_paths, ("kept", "sampled"))
+        _positive("loss.eagle3_weight", self.eagle3_weight, allow_zero=True)
+        if self.car_paths == "sampled" and not (self.car and self.estep == "chain"):
+            raise ConfigError(
+                "loss.car_paths",
+                "sampled needs loss.car=true and loss.estep=chain (the tree E-step has no samples)",
+            )
+        if self.eagle3_weight != 1.0 and self.name != "vsd":
+            raise ConfigError("loss.eagle3_weight", "only loss=vsd weighs L_EAGLE3; loss=eagle3 needs 1")
+        if self.eagle3_weight == 0 and not (self.vsd_weight > 0 or self.car):
+            raise ConfigError(
+                "loss.eagle3_weight", "0 needs loss.vsd_weight > 0 or loss.car=true (nothing to train)"
+            )
+        if self.eagle3_weight != 1.0 and self.vsd_start_step > 0:
+            raise ConfigError(
+                "loss.eagle3_weight", "applies once VSD is active: with loss.vsd_start_step > 0 it must be 1"
+            )
         if self.estep == "tree" and self.verify_temperature > 0:
             raise ConfigError(
                 "loss.estep", "tree verifies the greedy decoding tree: it needs loss.verify_temperature=0"

@@ -31,6 +31,7 @@ CATEGORIES = ("mt_bench", "translation", "summarisation", "qa", "math", "coding"
 VAL_FRACTION = 0.2  # share of every packaged set held out for tuning (eval.split=val)
 MATH_POOL_SIZE = 500  # gsm_symbolic problems generated once with a fixed seed: a finite, stable pool
 MATH_POOL_SEED = 0
+MATH_SNAPSHOT = Path(__file__).parent / "packaged" / "math_gsm_symbolic_500_seed0.jsonl.gz"
 
 # Suite -> categories it evaluates (specbench_style / smoke / file use eval.categories or the file's own).
 SUITE_CATEGORIES = {
@@ -95,18 +96,25 @@ def load_humaneval() -> tuple[Record, ...]:
 
 @functools.cache
 def load_math() -> tuple[Record, ...]:
-    """GSM8K-style word problems from reasoning_gym's gsm_symbolic generator (fixed pool of 500)."""
-    import reasoning_gym  # generates the problems; imported only when math prompts are needed
-
-    ds = reasoning_gym.create_dataset("gsm_symbolic", size=MATH_POOL_SIZE, seed=MATH_POOL_SEED)
+    """GSM8K-style word problems from reasoning_gym's gsm_symbolic generator (fixed pool of 500). Where
+    reasoning_gym is not installed (the GPU machines: it pulls matplotlib and C extensions), the same pool is
+    read from MATH_SNAPSHOT, written from the generator and held equal to it by tests/test_math_snapshot.py."""
+    try:
+        import reasoning_gym  # generates the problems; imported only when math prompts are needed
+    except ImportError:
+        with gzip.open(MATH_SNAPSHOT, "rt", encoding="utf-8") as fh:
+            questions = [json.loads(line)["question"] for line in fh if line.strip()]
+    else:
+        ds = reasoning_gym.create_dataset("gsm_symbolic", size=MATH_POOL_SIZE, seed=MATH_POOL_SEED)
+        questions = [item["question"] for item in ds]
     return tuple(
         {
             "id": f"math/gsm_symbolic/{i}",
             "category": "math",
-            "turns": [item["question"]],
+            "turns": [q],
             "source": f"reasoning-gym==0.1.25:gsm_symbolic(size={MATH_POOL_SIZE},seed={MATH_POOL_SEED})",
         }
-        for i, item in enumerate(ds)
+        for i, q in enumerate(questions)
     )
 
 

@@ -1,4 +1,4 @@
-"""Variational Speculative Decoding loss: L = L_EAGLE3 + vsd_weight * L_M + car_weight * CAR.
+"""Variational Speculative Decoding loss: L = eagle3_weight * L_EAGLE3 + vsd_weight * L_M + car_weight * CAR.
 
 Per batch (docs/method.md has the formulas and which parts are this project's choices):
   1. anchors: ``anchors_per_seq`` random positions i per sequence whose next token is a response token;
@@ -7,7 +7,8 @@ Per batch (docs/method.md has the formulas and which parts are this project's ch
      decoding-time chain hanging off the anchor; the target scores every path of every anchor in one
      forward (vsd.losses.oracle); acceptances -> U, oracle filter, importance weights, ARW;
   3. M-step: the draft re-scores the fixed paths with grad; L_M = weighted NLL of the kept tokens;
-  4. CAR at teacher-forced positions (draft step 0) and kept path positions.
+  4. CAR at teacher-forced positions (draft step 0) and kept path positions (``loss.car_paths=kept``) or every
+     sampled path position (``sampled``: the ELBO's KL over the draft's own paths, whatever the oracle kept).
 
 Draft alignment (vsd.models.draft): anchor i (prefix y_<=i) = draft step 0 at position i-1, which reads
 [emb(y_i); fuse(h_{i-1})] and predicts z_1 at position i+1; path step k sits at rotary position i-1+k and
@@ -442,10 +443,20 @@ class VSDLoss(Eagle3Loss):
         else:  # response_token: EAGLE-3's divisor, so one kept token weighs what one EAGLE-3 position does
             norm = max(float(logs["n_resp"]), 1.0)
         m_loss = -(w * lq * tw).sum() / norm
-        total = base + cfg.vsd_weight * m_loss if cfg.vsd_weight > 0 else base
+        # eagle3_weight == 1 keeps today's expression exactly (no multiply), so the default is bit for bit
+        if cfg.eagle3_weight == 1.0:
+            total = base
+        elif cfg.eagle3_weight > 0:
+            total = cfg.eagle3_weight * base
+        else:  # not 0 * base: no EAGLE-3 gradient at all (and no NaN from an inf base)
+            total = torch.zeros((), device=lq.device)
+        if cfg.vsd_weight > 0:
+            total = total + cfg.vsd_weight * m_loss
 
         car_val = torch.zeros((), device=lq.device)
         kept = tw > 0
+        if cfg.car_paths == "sampled":  # every valid anchor's sampled tokens, accepted or not
+            kept = valid[:, :, None, None].expand(B, A, S, D).reshape(B, A * S, D)
         if cfg.car:
             tlogits, base_valid = self.labels(batch)
             tf_valid = shift_left(base_valid, 1) & batch["attention_mask"].bool()
@@ -466,6 +477,7 @@ class VSDLoss(Eagle3Loss):
                 "vsd/ess": e["w"].ess_frac,
                 "vsd/arw_beta": e["w"].beta,
                 "vsd/car": float(car_val.detach()),
+                "vsd/car_positions": float(kept.sum()),
                 "vsd/m_loss": float(m_loss.detach()),
                 "vsd/estep_s": estep_s,
                 **self.diagnostics(batch, anchors, e),
