@@ -7,17 +7,20 @@ written out by ``python benchmarks/gpu_decode.py --write-mtbench FILE`` on a mac
 Rows: AR eager, AR graphed, n-gram chain (eager/graphed) and, with ``--draft``, the EAGLE-3 draft in tree mode:
 all eager, target graphed with the draft eager (``eagle3_tree_graph_target``), both graphed per call with host
 work between the graphs (``eagle3_tree_graph``, ``decoding.captured_step=false``) and the whole step captured
-(``eagle3_tree_step``: two graphs, one host read, vsd/decoding/captured_step.py); plus a graphed chain, larger
-trees (``--trees``, per-call and captured), the shape ``decoding.shape=auto`` picks from this device's measured
-costs (``--auto-shape``) and every graphed row with the draft head in bf16 (``--bf16-draft``). A last table pairs
-each per-call graphed row with the captured step of the same shape (ms per token; issue 29's question whether
-the per-call graph path still earns its place).
+(``eagle3_tree_step``: two graphs, one host read, vsd/decoding/captured_step.py); plus a graphed chain
+(captured), larger trees (``--trees``, per-call and captured), the shape ``decoding.shape=auto`` picks from this
+device's measured costs (``--auto-shape``), every graphed row with the draft head in bf16 (``--bf16-draft``),
+and the tree with the default T=0 config's lookup branch (``eagle3_branch_eager``/``_graph``,
+``decoding.ngram_branch=5``, which the captured step does not serve: its graphed row is the per-call path).
+A last table pairs each per-call graphed row with the captured step of the same shape (ms per token; issue 29's
+question whether the per-call graph path still earns its place).
 ``--temperatures 0 1`` repeats the AR-graphed and EAGLE-3 rows at each temperature (suffix ``_t1``; every row
 records its ``temperature``; T>0 draws from one seeded generator per prompt). The lookup branch is off
-(``decoding.ngram_branch=0``). Every method decodes the same prompt ids after a warm-up; tokens/s counts new
-token ids; timers synchronise the device; a step's time splits into draft, verify (target step and
-acceptance; CUDA events around the graphs) and the rest (host, and gaps the device waits for it). T=0 output ids are compared with eager and graphed AR (bf16: divergences at
-near-ties are expected, see docs/eval.md; fp32 with ``--overrides dtype=float32``). Prints a Markdown table and
+(``decoding.ngram_branch=0``) except in the ``eagle3_branch_*`` rows. Every method decodes the same prompt ids
+after a warm-up; tokens/s counts new token ids; timers synchronise the device; a step's time splits into draft,
+verify (target step and acceptance; CUDA events around the graphs) and the rest (host, and gaps the device
+waits for it). T=0 output ids are compared with eager and graphed AR (bf16: divergences at near-ties are
+expected, see docs/eval.md; fp32 with ``--overrides dtype=float32``). Prints a Markdown table and
 writes JSON next to ``--out``.
 """
 
@@ -147,6 +150,7 @@ def main() -> None:
     shapes: dict[str, dict] = {}
     if args.draft:
         from vsd.decoding.eagle import load_draft
+        from vsd.decoding.lookup_branch import LookupBranchDrafter
 
         drafter_eagle = load_draft(args.draft, target)
         per_call = dataclasses.replace(graphed, captured_step=False)
@@ -156,6 +160,14 @@ def main() -> None:
             ("eagle3_tree_graph", "eagle3", per_call),
             ("eagle3_tree_step", "eagle3", graphed),
             ("eagle3_chain_graph", "eagle3", dataclasses.replace(chain, capture="cuda_graph")),
+            # the default T=0 config's lookup branch (conf/decoding/tree.yaml: ngram_branch=5) has no captured
+            # step: its graphed row is the per-call path, the eager row what removing that path would leave
+            (
+                "eagle3_branch_eager",
+                "eagle3_branch",
+                dataclasses.replace(base, capture="none", ngram_branch=5),
+            ),
+            ("eagle3_branch_graph", "eagle3_branch", dataclasses.replace(per_call, ngram_branch=5)),
         ]
         for d, k, n in args.trees:
             tree = dataclasses.replace(graphed, depth=d, top_k=k, total_tokens=n)
@@ -221,6 +233,7 @@ def main() -> None:
             "ngram": lambda: NgramDrafter(target.vocab_size),
             "eagle3": lambda: drafter_eagle,
             "eagle3_eager_draft": EagerDraft,
+            "eagle3_branch": lambda: LookupBranchDrafter(drafter_eagle, target.vocab_size),
         }[kind]()
         return generate_spec(target, drafter, ids, dcfg, generator=gen)
 
