@@ -38,7 +38,7 @@ from vsd.decoding.eagle import load_draft  # noqa: E402
 from vsd.decoding.engine import generate_ar, generate_spec  # noqa: E402
 from vsd.decoding.lookup_branch import LookupBranchDrafter  # noqa: E402
 from vsd.decoding.shape import choose_shape, predict_tau  # noqa: E402
-from vsd.evaluation.autoshape import (  # noqa: E402
+from vsd.decoding.shape_measure import (  # noqa: E402
     apply_shape,
     auto_candidates,
     device_name,

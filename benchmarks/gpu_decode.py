@@ -7,15 +7,20 @@ written out by ``python benchmarks/gpu_decode.py --write-mtbench FILE`` on a mac
 Rows: AR eager, AR graphed, n-gram chain (eager/graphed) and, with ``--draft``, the EAGLE-3 draft in tree mode:
 all eager, target graphed with the draft eager (``eagle3_tree_graph_target``), both graphed per call with host
 work between the graphs (``eagle3_tree_graph``, ``decoding.captured_step=false``) and the whole step captured
-(``eagle3_tree_step``: two graphs, one host read, vsd/decoding/captured_step.py); plus a graphed chain, larger
-trees (``--trees``, per-call and captured), the shape ``decoding.shape=auto`` picks from this device's measured
-costs (``--auto-shape``) and every graphed row with the draft head in bf16 (``--bf16-draft``).
+(``eagle3_tree_step``: two graphs, one host read, vsd/decoding/captured_step.py); plus a graphed chain
+(captured), larger trees (``--trees``, per-call and captured), the shape ``decoding.shape=auto`` picks from this
+device's measured costs (``--auto-shape``), every graphed row with the draft head in bf16 (``--bf16-draft``),
+and the tree with the default T=0 config's lookup branch (``eagle3_branch_eager``/``_graph``,
+``decoding.ngram_branch=5``, which the captured step does not serve: its graphed row is the per-call path).
+A last table pairs each per-call graphed row with the captured step of the same shape (ms per token; issue 29's
+question whether the per-call graph path still earns its place).
 ``--temperatures 0 1`` repeats the AR-graphed and EAGLE-3 rows at each temperature (suffix ``_t1``; every row
 records its ``temperature``; T>0 draws from one seeded generator per prompt). The lookup branch is off
-(``decoding.ngram_branch=0``). Every method decodes the same prompt ids after a warm-up; tokens/s counts new
-token ids; timers synchronise the device; a step's time splits into draft, verify (target step and
-acceptance; CUDA events around the graphs) and the rest (host, and gaps the device waits for it). T=0 output ids are compared with eager and graphed AR (bf16: divergences at
-near-ties are expected, see docs/eval.md; fp32 with ``--overrides dtype=float32``). Prints a Markdown table and
+(``decoding.ngram_branch=0``) except in the ``eagle3_branch_*`` rows. Every method decodes the same prompt ids
+after a warm-up; tokens/s counts new token ids; timers synchronise the device; a step's time splits into draft,
+verify (target step and acceptance; CUDA events around the graphs) and the rest (host, and gaps the device
+waits for it). T=0 output ids are compared with eager and graphed AR (bf16: divergences at near-ties are
+expected, see docs/eval.md; fp32 with ``--overrides dtype=float32``). Prints a Markdown table and
 writes JSON next to ``--out``.
 """
 
@@ -145,6 +150,7 @@ def main() -> None:
     shapes: dict[str, dict] = {}
     if args.draft:
         from vsd.decoding.eagle import load_draft
+        from vsd.decoding.lookup_branch import LookupBranchDrafter
 
         drafter_eagle = load_draft(args.draft, target)
         per_call = dataclasses.replace(graphed, captured_step=False)
@@ -154,6 +160,14 @@ def main() -> None:
             ("eagle3_tree_graph", "eagle3", per_call),
             ("eagle3_tree_step", "eagle3", graphed),
             ("eagle3_chain_graph", "eagle3", dataclasses.replace(chain, capture="cuda_graph")),
+            # the default T=0 config's lookup branch (conf/decoding/tree.yaml: ngram_branch=5) has no captured
+            # step: its graphed row is the per-call path, the eager row what removing that path would leave
+            (
+                "eagle3_branch_eager",
+                "eagle3_branch",
+                dataclasses.replace(base, capture="none", ngram_branch=5),
+            ),
+            ("eagle3_branch_graph", "eagle3_branch", dataclasses.replace(per_call, ngram_branch=5)),
         ]
         for d, k, n in args.trees:
             tree = dataclasses.replace(graphed, depth=d, top_k=k, total_tokens=n)
@@ -178,7 +192,7 @@ def main() -> None:
             elif name == "ar_graph" or kind == "eagle3":
                 rows.append((f"{name}_t{t:g}", kind, dataclasses.replace(dcfg, temperature=t)))
     if args.auto_shape and drafter_eagle is not None:
-        from vsd.evaluation.autoshape import resolve_shape
+        from vsd.decoding.shape_measure import resolve_shape
 
         dt = "bfloat16" if args.bf16_draft else graphed.draft_dtype
         for t in args.temperatures:
@@ -203,6 +217,12 @@ def main() -> None:
         def commit(self, acc, feats):
             drafter_eagle.commit(acc, feats)
 
+        def extra_nodes(self, dcfg):
+            return 0
+
+        def captured_step(self, runner, dcfg):
+            return None  # the per-call path: the head eager, the target graphed
+
     def run(kind, dcfg, ids, seed=0):
         gen = None
         if dcfg.temperature > 0:
@@ -213,6 +233,7 @@ def main() -> None:
             "ngram": lambda: NgramDrafter(target.vocab_size),
             "eagle3": lambda: drafter_eagle,
             "eagle3_eager_draft": EagerDraft,
+            "eagle3_branch": lambda: LookupBranchDrafter(drafter_eagle, target.vocab_size),
         }[kind]()
         return generate_spec(target, drafter, ids, dcfg, generator=gen)
 
@@ -300,6 +321,7 @@ def main() -> None:
             f"{r['tokens_per_s'] / ar_graph_at(r['temperature']):.2f}x | {r['match_ar_eager']} / "
             f"{r['match_ar_graph']} |"
         )
+    lines += ["", *per_call_vs_captured(results)]
     graphs: dict[str, float] = {}
     if args.graph_times and torch.cuda.is_available():
         graphs = graph_times(target, drafter_eagle)
@@ -336,6 +358,32 @@ def main() -> None:
     Path(args.out).write_text(
         json.dumps({"results": results, "graph_ms": graphs, "table": table, "peak_mem_mb": peak}, indent=1)
     )
+
+
+def per_call_vs_captured(results: dict[str, dict]) -> list[str]:
+    """Markdown rows pairing each per-call graphed EAGLE-3 row (``eagle3_tree_graph*``: the target and draft
+    graphs with host work between them) with the captured step of the same shape, temperature and draft dtype
+    (``eagle3_tree_step*``): ms per new token of each, and the per-call path's time over the captured step's.
+    The question it answers (issue 29): does the per-call graph path still earn its place next to the captured
+    step?"""
+    out = [
+        "| shape row | per-call graphs ms/token | captured step ms/token | per-call / captured "
+        "| tau per-call / captured | T=0 ids = AR eager (per-call, captured) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        if not name.startswith("eagle3_tree_graph") or name.startswith("eagle3_tree_graph_target"):
+            continue
+        other = results.get(name.replace("eagle3_tree_graph", "eagle3_tree_step", 1))
+        if other is None:
+            continue
+        a = 1000 * r["seconds"] / max(r["new_tokens"], 1)
+        b = 1000 * other["seconds"] / max(other["new_tokens"], 1)
+        out.append(
+            f"| {name.replace('eagle3_tree_graph', 'eagle3_tree', 1)} | {a:.3f} | {b:.3f} | {a / b:.2f}x | "
+            f"{r['tau']:.2f} / {other['tau']:.2f} | {r['match_ar_eager']}, {other['match_ar_eager']} |"
+        )
+    return out if len(out) > 2 else []
 
 
 def graph_times(target, drafter, replays: int = 200) -> dict[str, float]:

@@ -41,7 +41,7 @@ def tiny():
     its own copy."""
     import torch
 
-    from tests.decoding_helpers import one_thread
+    from tests.decoding.helpers import one_thread
     from vsd.config import compose
     from vsd.models.target import load_target
 

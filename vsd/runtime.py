@@ -132,12 +132,6 @@ def synchronize(device: str | torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def peak_memory_mb(device: str | torch.device) -> float | None:
-    if str(device).startswith("cuda"):
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return None
-
-
 @dataclass
 class DistInfo:
     """This process's place in a distributed job (rank 0 of 1 outside one)."""

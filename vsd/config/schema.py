@@ -345,7 +345,7 @@ class EvalConfig:
     seed: int = 0
     warmup: int = 2  # untimed generate calls before timing
     ar_baseline: bool = True  # plain AR of the same prompts in the same process (needed for speedup)
-    peers: list[str] = field(default_factory=lambda: ["hf_prompt_lookup"])  # hf_prompt_lookup | hf_assisted
+    peers: list[str] = field(default_factory=lambda: ["hf_prompt_lookup"])  # hf_prompt_lookup
     max_turns: int = 2
     # decode: run AR, speculative decoding and peers (speed and acceptance); reference: T=0 acceptance only,
     # from the target's cached greedy continuations and every anchor's draft tree (vsd/evaluation/reference.py)
@@ -389,7 +389,7 @@ class EvalConfig:
         _positive("eval.warmup", self.warmup, allow_zero=True)
         _positive("eval.max_turns", self.max_turns)
         for p in self.peers:
-            _choice("eval.peers", p, ("hf_prompt_lookup", "hf_assisted"))
+            _choice("eval.peers", p, ("hf_prompt_lookup",))
 
 
 # --------------------------------------------------------------------------------------------- train

@@ -98,7 +98,7 @@ def load_humaneval() -> tuple[Record, ...]:
 def load_math() -> tuple[Record, ...]:
     """GSM8K-style word problems from reasoning_gym's gsm_symbolic generator (fixed pool of 500). Where
     reasoning_gym is not installed (the GPU machines: it pulls matplotlib and C extensions), the same pool is
-    read from MATH_SNAPSHOT, written from the generator and held equal to it by tests/test_math_snapshot.py."""
+    read from MATH_SNAPSHOT, written from the generator and held equal to it by tests/data/test_math_snapshot.py."""
     try:
         import reasoning_gym  # generates the problems; imported only when math prompts are needed
     except ImportError:

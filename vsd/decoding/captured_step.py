@@ -7,7 +7,7 @@ draft commit's table. Here every value the next piece needs stays on the device:
 - **verify graph**: the target's forward over [root, tree] with the tree mask and positions built from the
   committed length (a device tensor), acceptance (:func:`vsd.decoding.verify.accept_greedy`, or the fixed-loop
   recursive rejection sampling :func:`vsd.decoding.verify.accept_sampled`), the KV keep of root + accepted path,
-  the draft diagnostics (:class:`vsd.decoding.engine.DraftStats`), and the next commit's pending entries;
+  the draft diagnostics (:class:`vsd.decoding.diagnostics.DraftStats`), and the next commit's pending entries;
 - **draft graph**: commit the pending entries (the root and the accepted path, with their target features) to
   the draft head's cache, then draft the next tree: :func:`vsd.decoding.tree.grow_greedy` at T = 0, the template
   tree of :func:`vsd.decoding.tree.grow_sampled` (Gumbel-top-k per level, absent nodes masked) at T > 0. The
@@ -31,11 +31,11 @@ from dataclasses import dataclass
 import torch
 
 from vsd.config.schema import DecodingConfig
+from vsd.decoding.diagnostics import DraftStats
 from vsd.decoding.draft_runner import GraphDraftRunner, GrowBuffers
 from vsd.decoding.drafter import DraftTree
-from vsd.decoding.engine import DraftStats
-from vsd.decoding.runner import GraphRunner
-from vsd.decoding.tree import grow_sampled, max_pool_nodes, template_plan, tree_budget
+from vsd.decoding.runner import GraphRunner, additive_mask, tree_step_inputs
+from vsd.decoding.tree import TreeShape, grow_sampled, template_plan
 from vsd.decoding.verify import accept_greedy, accept_sampled
 from vsd.errors import UserError
 from vsd.runtime import capture_graph
@@ -59,7 +59,8 @@ class CapturedStep:
     def __init__(self, target_runner: GraphRunner, draft: GraphDraftRunner, dcfg: DecodingConfig):
         self.tr, self.dr, self.dcfg = target_runner, draft, dcfg
         self.sampled = dcfg.temperature > 0
-        self.depth, self.k, self.total = tree_budget(dcfg)
+        shape = TreeShape.of(dcfg)
+        self.depth, self.k, self.total = shape
         self.stats = DraftStats(self.depth, self.k)
         dev = target_runner.target.device
         self.device = dev
@@ -71,7 +72,7 @@ class CapturedStep:
             # float64: the last one inverts the target's CDF (a float32 grid would leave tokens undrawable)
             self.draws = torch.zeros(self.plan.accept_draws, device=dev, dtype=torch.float64)
         else:
-            self.plan, n = None, min(self.total, max_pool_nodes(dcfg))  # grow_greedy keeps at most its pool
+            self.plan, n = None, shape.max_nodes
         self.n = n  # tree nodes (fixed)
         self.path = min(self.depth, n)  # most nodes one step accepts
         c = self.path + 1  # pending entries: the root and the accepted nodes
@@ -90,7 +91,6 @@ class CapturedStep:
             torch.zeros(n, dtype=torch.long, device=dd),
             torch.full((n,), -1, dtype=torch.long, device=dd),
             torch.zeros(n + 1, draft.token_map.numel(), device=dd) if self.sampled else None,
-            None,
             torch.ones(n, dtype=torch.long, device=dd),
             self.depth,
             torch.eye(n, dtype=torch.bool, device=dd),
@@ -145,19 +145,14 @@ class CapturedStep:
         dev = self.device
         rows = n + 1
         length = self.length
-        ids = torch.cat([self.root, t.tokens.to(dev)])[None]
-        pos = (length + torch.cat([torch.zeros(1, dtype=torch.long, device=dev), t.depths.to(dev)]))[None]
+        ids, offsets, block = tree_step_inputs(self.root, t, rows, dev)
+        ids, pos = ids[None], (length + offsets)[None]
         slots = length + torch.arange(rows, device=dev)
-        block = torch.eye(rows, dtype=torch.bool, device=dev)
-        # fill_: item assignment of a Python number copies a host scalar (no capture)
-        block[1:, 0].fill_(True)
-        block[1:, 1:] = t.ancestors.to(dev)
         cols = torch.arange(tr.max_len, device=dev)
         rel = cols - length
         in_block = (rel >= 0) & (rel < rows)
         allowed = (cols < length)[None] | (block[:, rel.clamp(0, rows - 1)] & in_block[None])
-        neg = torch.finfo(tr.target.dtype).min
-        mask = torch.zeros(allowed.shape, dtype=tr.target.dtype, device=dev).masked_fill_(~allowed, neg)
+        mask = additive_mask(allowed, tr.target.dtype)
         tr.cache.set_slots(slots)
         out = tr.target.forward(
             ids, cache=tr.cache, attention_mask=mask[None, None], position_ids=pos, output_features=True
@@ -171,10 +166,7 @@ class CapturedStep:
         ar = torch.arange(n, device=dev)
         path = torch.where(acc, ar, n).sort().values[: self.path]  # accepted nodes by depth, then n
         keep = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), path + 1]).clamp(max=n)
-        cache = tr.cache
-        src, dst = length + keep, length + torch.arange(self.path + 1, device=dev)
-        cache.k.index_copy_(3, dst, cache.k.index_select(3, src))
-        cache.v.index_copy_(3, dst, cache.v.index_select(3, src))
+        tr.cache.keep_rows(length, keep)
         self.stats.accumulate(t, torch.cat([torch.ones(1, dtype=torch.bool, device=dev), acc]))
         # the next draft commit: the root and the accepted path with their features, each entry paired with
         # the token that follows it (the path's next token, then the new root)

@@ -370,7 +370,6 @@ class GraphDraftRunner(_DraftRunner):
             t.tokens.clone(),
             t.parents.clone(),
             None,
-            t.pool_index.clone(),
             t.depths.clone(),
             t.depth_bound,
             t.ancestors.clone(),

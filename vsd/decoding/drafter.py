@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -22,8 +22,6 @@ class DraftTree:
     child_dists: (N+1, V) float probabilities, only at T>0 (None at T=0). Row 0 is the distribution the
         root's children were sampled from (without replacement), row i+1 that of node i's children. Rows of
         nodes without children are unused (may be zero).
-    pool_index: (N,) long, optional: index of each node in the drafter's expansion pool (see
-        :func:`vsd.decoding.tree.build_dynamic_tree`), so a drafter can map verified nodes to its own cache.
     depths: (N,) long, optional: each node's depth (1 = child of the root), where the drafter knows it on its
         device; then the static target runner builds the step's mask and positions there, without a host copy.
     depth_bound: optional upper bound on the depth (fixed loop counts for device-side tree walks).
@@ -43,7 +41,6 @@ class DraftTree:
     tokens: torch.Tensor
     parents: torch.Tensor
     child_dists: torch.Tensor | None = None
-    pool_index: torch.Tensor | None = None
     depths: torch.Tensor | None = None
     depth_bound: int | None = None
     ancestors: torch.Tensor | None = None
@@ -106,4 +103,15 @@ class Drafter(Protocol):
         """After verification: ``accepted`` = [root, accepted draft tokens...], ``features``
         (len(accepted), 3H) the target features at those positions. The bonus/correction token becomes
         the next root (passed to the next ``propose``)."""
+        ...
+
+    def extra_nodes(self, dcfg: DecodingConfig) -> int:
+        """Nodes a tree may hold past the configured shape (:class:`vsd.decoding.tree.TreeShape`): the static
+        runners size their steps for them."""
+        ...
+
+    def captured_step(self, target_runner: Any, dcfg: DecodingConfig) -> Any:
+        """The whole speculative step as captured graphs for this target runner and config
+        (:class:`vsd.decoding.captured_step.CapturedStep`), or None: the engine runs ``propose``, the target
+        step, verification and ``commit`` per call."""
         ...

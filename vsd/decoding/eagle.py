@@ -23,8 +23,8 @@ from vsd.config.schema import DecodingConfig
 from vsd.decoding.captured_step import CapturedStep
 from vsd.decoding.draft_runner import EagerDraftRunner, GraphDraftRunner
 from vsd.decoding.drafter import DraftTree
-from vsd.decoding.runner import GraphRunner
-from vsd.decoding.tree import grow_sampled, max_pool_nodes, tree_budget
+from vsd.decoding.runner import Backend, GraphRunner
+from vsd.decoding.tree import TreeShape, grow_sampled
 from vsd.models.draft import DraftHead
 from vsd.runtime import resolve_dtype
 
@@ -67,12 +67,13 @@ class EagleDrafter:
         return self._heads[dtype]
 
     def _runner_for(self, dcfg: DecodingConfig) -> EagerDraftRunner | GraphDraftRunner:
-        static = dcfg.capture == "static" or (dcfg.capture == "cuda_graph" and self.device.type == "cuda")
+        backend = Backend.of(dcfg, self.device)
         head = self.head_in(dcfg.draft_dtype)
         dtype = head.fc.weight.dtype
-        depth, k, _ = tree_budget(dcfg)
-        store_rows = 1 + max_pool_nodes(dcfg)  # row 0: the root's hidden
-        if not static:
+        shape = TreeShape.of(dcfg)
+        depth, k, _ = shape
+        store_rows = 1 + shape.pool_nodes  # row 0: the root's hidden
+        if not backend.static:
             key: tuple = ("eager", dtype, store_rows)
             if key not in self._runners:
                 self._runners[key] = EagerDraftRunner(head, store_rows)
@@ -86,11 +87,14 @@ class EagleDrafter:
                     tree_rows=k,
                     depth=depth,
                     store_rows=store_rows,
-                    capture=dcfg.capture == "cuda_graph",
+                    capture=backend.graphs,
                 )
         runner = self._runners[key]
         runner.reset()
         return runner
+
+    def extra_nodes(self, dcfg: DecodingConfig) -> int:
+        return 0
 
     def captured_step(self, target_runner, dcfg: DecodingConfig) -> CapturedStep | None:
         """The whole speculative step as captured graphs (:mod:`vsd.decoding.captured_step`) when
@@ -102,7 +106,7 @@ class EagleDrafter:
         run = self._runner_for(dcfg)
         if not isinstance(run, GraphDraftRunner):
             return None
-        depth, k, total = tree_budget(dcfg)
+        depth, k, total = TreeShape.of(dcfg)
         key = (id(target_runner), id(run), depth, k, total, dcfg.temperature > 0, dcfg.temperature,
                dcfg.target_top_k, dcfg.top_p)  # fmt: skip
         if key not in self._steps:
@@ -132,7 +136,7 @@ class EagleDrafter:
         root_logp = run.commit(self.pending_feats, [*self.pending_next, root])
         self.pending_feats, self.pending_next = None, []
         if dcfg.temperature <= 0:  # the whole tree in tensor ops (one captured graph on CUDA)
-            depth, k, total = tree_budget(dcfg)
+            depth, k, total = TreeShape.of(dcfg)
             tree = run.grow_greedy(root_logp, depth, k, total)
         else:
             tree = grow_sampled(root_logp, run.expand_level, dcfg, generator, run.token_map)

@@ -6,11 +6,8 @@ KV cache); the target runs ONE forward over [root, tree...] with the tree attent
 top of its cache; verification picks the accepted path and the bonus/correction token; the KV entries of
 root + accepted path are gathered to the front of the new block and the rest is cropped.
 
-Diagnostics per verification step (:class:`DraftStats`, accumulated on the drafter's device without a host
-sync): the sibling ranks of the accepted path, and for every node whose parent was accepted (the root's
-children included) its depth, confidence exp(logq) and whether it was accepted, binned per depth into
-``CALIB_BINS`` equal-width confidence bins, plus per (depth, sibling rank) counts (``decoding.shape=auto``
-fits its acceptance model to those).
+Diagnostics per verification step: :class:`vsd.decoding.diagnostics.DraftStats` (shared with the reference
+evaluator's calibration bins).
 """
 
 from __future__ import annotations
@@ -22,14 +19,12 @@ import torch
 
 from vsd.config.schema import DecodingConfig
 from vsd.decoding import verify as _verify
+from vsd.decoding.diagnostics import DraftStats
 from vsd.decoding.drafter import Drafter, DraftTree
 from vsd.decoding.runner import DynamicRunner, keep_cache_rows, make_runner  # noqa: F401 (re-export)
 from vsd.decoding.sampling import sample, warp
-from vsd.decoding.tree import tree_budget
-from vsd.decoding.tree_attention import node_depths
+from vsd.decoding.tree import TreeShape
 from vsd.runtime import synchronize
-
-CALIB_BINS = 10  # equal-width bins of the draft's confidence exp(logq) in [0, 1]
 
 
 @dataclass
@@ -96,63 +91,6 @@ class _Timer:
         return self._host
 
 
-class DraftStats:
-    """Accumulates :class:`GenResult`'s draft diagnostics over one generation. Trees without ``ranks`` and
-    ``logq`` (a drafter that does not record them) only get their depth recorded."""
-
-    def __init__(self, depth: int, ranks: int):
-        self.depth, self.ranks = depth, ranks
-        self.calib: torch.Tensor | None = None
-        self.rank_counts: torch.Tensor | None = None
-
-    def allocate(self, device: torch.device | str) -> None:
-        """Zeroed accumulators on ``device`` (the captured step allocates them before its capture)."""
-        self.calib = torch.zeros(self.depth * CALIB_BINS, 3, dtype=torch.float64, device=device)
-        self.rank_counts = torch.zeros(self.depth * self.ranks, 2, dtype=torch.float64, device=device)
-
-    def accumulate(self, tree: DraftTree, ok: torch.Tensor, depths: torch.Tensor | None = None) -> None:
-        """Add one verified tree: ``ok`` (N+1,) bool on the tree's device marks the root and the accepted nodes;
-        ``depths`` defaults to the tree's. Tensor ops only (capturable)."""
-        dev = tree.ranks.device
-        if self.calib is None:
-            self.allocate(dev)
-        seen = ok[tree.parents.to(dev) + 1]  # the parent was accepted
-        if tree.valid is not None:
-            seen = seen & tree.valid
-        seen = seen.double()
-        acc = ok[1:].double() * seen
-        conf = tree.logq.double().exp().nan_to_num(0.0)
-        d = (tree.depths if depths is None else depths).to(dev).clamp(1, self.depth) - 1
-        b = (conf * CALIB_BINS).long().clamp(0, CALIB_BINS - 1)
-        self.calib.index_add_(0, d * CALIB_BINS + b, torch.stack([seen, conf * seen, acc], 1))
-        r = tree.ranks.clamp(0, self.ranks - 1)
-        self.rank_counts.index_add_(0, d * self.ranks + r, torch.stack([seen, acc], 1))
-
-    def add(self, tree: DraftTree, path: list[int]) -> tuple[int, list[int]]:
-        """Record one verified tree and its accepted path; returns (tree depth, ranks along the path)."""
-        if tree.size == 0:
-            return 0, []
-        depths = tree.depths if tree.depths is not None else node_depths(tree.parents.cpu())
-        if tree.ranks is None or tree.logq is None:
-            return int(depths.max()), []
-        dev = tree.ranks.device
-        ok = torch.zeros(tree.size + 1, dtype=torch.bool)
-        ok[0] = True  # the root
-        ok[[i + 1 for i in path]] = True
-        self.accumulate(tree, ok.to(dev), depths)
-        # one small host read: the deepest level and the accepted path's ranks
-        read = torch.cat([depths.max().reshape(1).to(dev), tree.ranks[path] if path else tree.ranks[:0]])
-        vals = read.tolist()
-        return int(vals[0]), [int(v) for v in vals[1:]]
-
-    def finish(self, res: GenResult) -> None:
-        # copies: the captured step reuses its accumulators for the next generation (.cpu() of a CPU tensor
-        # would hand out the live buffer)
-        if self.calib is not None:
-            res.calib = self.calib.view(self.depth, CALIB_BINS, 3).to("cpu", copy=True)
-            res.rank_counts = self.rank_counts.view(self.depth, self.ranks, 2).to("cpu", copy=True)
-
-
 def _pick(logits: torch.Tensor, dcfg: DecodingConfig, generator: torch.Generator | None) -> int:
     """Next token from (V,) logits: argmax at T=0, else a draw from the warped distribution."""
     if dcfg.temperature <= 0:
@@ -171,14 +109,6 @@ def _stop_index(tokens: list[int], start: int, eos: set[int], max_new: int) -> i
 def _top2_gap(logits: torch.Tensor) -> float:
     v = logits.float().topk(2).values
     return float(v[0] - v[1])
-
-
-def _static_rows(drafter_or_none, dcfg: DecodingConfig) -> int:
-    """Rows per verification step for static (graph) runners: the largest tree the drafter may return."""
-    if drafter_or_none is None:
-        return 1
-    branch = dcfg.ngram_branch if dcfg.drafter == "eagle3" else 0  # vsd.decoding.lookup_branch
-    return 1 + (dcfg.total_tokens if dcfg.mode == "tree" else dcfg.depth) + branch
 
 
 @torch.no_grad()
@@ -244,9 +174,8 @@ def generate_spec(
     res = GenResult([], 0)
     tokens = res.tokens
     runner = make_runner(target, dcfg)
-    make_step = getattr(drafter, "captured_step", None)
-    captured = make_step(runner, dcfg) if make_step is not None else None
-    depth, k, _ = tree_budget(dcfg)
+    captured = drafter.captured_step(runner, dcfg)
+    depth, k, _ = TreeShape.of(dcfg)
     stats = captured.stats if captured is not None else DraftStats(depth, k)
     with wall:
         out = runner.prefill(list(prompt_ids), feats_on)
@@ -282,7 +211,7 @@ def generate_spec(
             stop = _stop_index(tokens, n0, eos, dcfg.max_new_tokens)
         del tokens[stop:]
     res.wall_s, res.draft_s, res.verify_s = wall.total, draft.total, check.total
-    stats.finish(res)
+    res.calib, res.rank_counts = stats.finish()
     return res
 
 
@@ -296,7 +225,10 @@ def _host_step(
     with draft:
         tree = drafter.propose(root, dcfg, generator)
     with check:
-        out = runner.step(root, tree, feats_on, rows=_static_rows(drafter, dcfg))
+        # static runners: rows for the largest tree the drafter may return
+        out = runner.step(
+            root, tree, feats_on, rows=TreeShape.of(dcfg).verify_rows(drafter.extra_nodes(dcfg))
+        )
         if dcfg.temperature > 0:  # each visited row is warped in float32: no copy of all (N+1, V) logits
             path, nxt = _verify.verify_sampled(tree, out.logits[0], dcfg, generator)
         else:

@@ -20,6 +20,7 @@ import torch
 from vsd.config.schema import DecodingConfig
 from vsd.decoding.drafter import DraftTree
 from vsd.decoding.ngram import NgramDrafter
+from vsd.decoding.tree import TreeShape
 from vsd.decoding.tree_attention import ancestors_by_hops, node_depths
 
 
@@ -51,9 +52,6 @@ def add_branch(tree: DraftTree, chain: list[int], rank: int) -> DraftTree:
         opt["logq"] = torch.cat(
             [tree.logq, torch.zeros(len(extra), dtype=tree.logq.dtype, device=tree.logq.device)]
         )
-    if tree.pool_index is not None:
-        pad = torch.full((len(extra),), -1, dtype=tree.pool_index.dtype, device=tree.pool_index.device)
-        opt["pool_index"] = torch.cat([tree.pool_index, pad])
     bound = int(depths.max())
     return DraftTree(
         tokens=torch.cat([tree.tokens, torch.tensor(extra, dtype=tree.tokens.dtype, device=dev)]),
@@ -82,6 +80,9 @@ class LookupBranchDrafter:
     def __getattr__(self, attr: str):  # head, head_in, runner, ...: the model drafter's
         return getattr(self.inner, attr)
 
+    def extra_nodes(self, dcfg: DecodingConfig) -> int:
+        return dcfg.ngram_branch + self.inner.extra_nodes(dcfg)
+
     def reset(self, prompt_ids: list[int], prompt_features: torch.Tensor | None) -> None:
         self.inner.reset(prompt_ids, prompt_features)
         self.lookup.reset(prompt_ids)
@@ -96,4 +97,4 @@ class LookupBranchDrafter:
             return tree
         seq = self.lookup.history + [root]
         chain = self.lookup.lookup(seq, dcfg.ngram_max, dcfg.ngram_min, dcfg.ngram_branch)
-        return add_branch(tree, chain, rank=dcfg.top_k if dcfg.mode == "tree" else 1)
+        return add_branch(tree, chain, rank=TreeShape.of(dcfg).top_k)

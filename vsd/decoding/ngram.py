@@ -6,6 +6,7 @@ import torch
 
 from vsd.config.schema import DecodingConfig
 from vsd.decoding.drafter import DraftTree
+from vsd.decoding.tree import TreeShape
 
 
 class NgramDrafter:
@@ -28,6 +29,12 @@ class NgramDrafter:
     def commit(self, accepted: list[int], features: torch.Tensor | None = None) -> None:
         self.history.extend(accepted)
 
+    def extra_nodes(self, dcfg: DecodingConfig) -> int:
+        return 0
+
+    def captured_step(self, target_runner, dcfg: DecodingConfig) -> None:
+        return None  # host-built chains: the per-call step
+
     def lookup(self, seq: list[int], ngram_max: int, ngram_min: int, depth: int) -> list[int]:
         """Continuation (<= depth tokens) of the most recent earlier occurrence of the longest suffix n-gram."""
         L = len(seq)
@@ -41,7 +48,8 @@ class NgramDrafter:
         return []
 
     def propose(self, root: int, dcfg: DecodingConfig, generator: torch.Generator | None = None) -> DraftTree:
-        depth = dcfg.depth if dcfg.mode == "chain" else min(dcfg.depth, dcfg.total_tokens)
+        shape = TreeShape.of(dcfg)
+        depth = min(shape.depth, shape.nodes)  # a chain of the shape's depth, within its node budget
         toks = self.lookup(self.history + [root], dcfg.ngram_max, dcfg.ngram_min, depth)
         dists = None
         if dcfg.temperature > 0:

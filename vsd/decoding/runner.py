@@ -18,46 +18,59 @@ it against the dynamic runner).
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 
 from vsd.config.schema import DecodingConfig
 from vsd.decoding.drafter import DraftTree
 from vsd.decoding.slot_cache import SlotCache
-from vsd.decoding.tree_attention import (
-    ancestor_matrix,
-    ancestors_by_hops,
-    node_depths,
-    tree_attention_mask,
-    tree_position_ids,
-)
+from vsd.decoding.tree_attention import ancestors_by_hops, node_depths
 from vsd.errors import UserError
 from vsd.models.target import TargetOutput
 from vsd.runtime import capture_graph
 
 
-def _full_parents(tree: DraftTree) -> torch.Tensor:
-    """Parents of [root, nodes...]: the root has -1, depth-1 nodes point at the root (row 0)."""
-    return torch.cat([torch.tensor([-1]), tree.parents.cpu() + 1])
+def tree_step_inputs(
+    root: int | torch.Tensor, tree: DraftTree | None, rows: int, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The inputs of one verification step over [root, tree nodes, padding], the contract every execution path
+    (eager, static runner, captured step) builds its forward from. ``rows`` >= tree.size + 1.
+
+    Returns ids (rows,) long (the root, the nodes' tokens, then 0); offsets (rows,) long, each row's position
+    minus the root's (a node of depth d sits d after the root; padding at 0); block (rows, rows) bool, [i, j]
+    when row i attends to row j (the root, its ancestors and itself; a padding row only itself, so nothing
+    attends to it). Every row also attends to the committed prefix, which each path adds to its own mask. Tensor
+    operations on ``device`` only (capturable) when the tree carries ``depths`` and ``ancestors``; ``root`` may
+    be a (1,) device tensor."""
+    n = 0 if tree is None else tree.size
+    k = n + 1
+    long = dict(dtype=torch.long, device=device)
+    if torch.is_tensor(root):
+        root_t = root.reshape(1).to(device)
+    else:  # full(): the value travels as a kernel argument, no host tensor to copy
+        root_t = torch.full((1,), root, **long)
+    pad = torch.zeros(rows - k, **long)
+    block = torch.eye(rows, dtype=torch.bool, device=device)
+    if n == 0:
+        return torch.cat([root_t, pad]), torch.zeros(rows, **long), block
+    depths = tree.depths if tree.depths is not None else node_depths(tree.parents.cpu())
+    anc = tree.ancestors
+    if anc is None:
+        anc = ancestors_by_hops(tree.parents, tree.max_depth())
+    ids = torch.cat([root_t, tree.tokens.to(device), pad])
+    offsets = torch.cat([torch.zeros(1, **long), depths.to(device), pad])
+    # fill_, not item assignment: assigning a Python number copies a host scalar (no capture, a stream sync)
+    block[1:k, 0].fill_(True)
+    block[1:k, 1:k] = anc.to(device)
+    return ids, offsets, block
 
 
-def _mask_from_ancestors(
-    tree: DraftTree, start: int, dtype: torch.dtype, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (1, 1, N+1, start+N+1) additive mask and (1, N+1) positions of [root, nodes] after ``start`` cached
-    entries, from the tree's ``depths`` and ``ancestors`` (what :func:`tree_attention_mask` and
-    :func:`tree_position_ids` build from the parents)."""
-    n = tree.size + 1
-    allowed = torch.ones(n, start + n, dtype=torch.bool, device=device)
-    block = allowed[:, start:]
-    block.zero_()
-    block[:, 0] = True  # every row sees the root, which sees itself
-    block[1:, 1:] = tree.ancestors.to(device)
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """bool (.., q, k) -> additive mask: 0 where allowed, the dtype's min elsewhere."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
         ~allowed, torch.finfo(dtype).min
     )
-    pos = start + torch.cat([torch.zeros(1, dtype=torch.long, device=device), tree.depths.to(device)])
-    return mask[None, None], pos[None]
 
 
 class DynamicRunner:
@@ -90,19 +103,13 @@ class DynamicRunner:
     ) -> TargetOutput:
         """``rows`` (static row count) is ignored: dynamic shapes need no padding."""
         t = self.target
-        if tree is None or tree.size == 0:
-            ids = torch.tensor([[root]])
-            mask = torch.zeros(1, 1, 1, self.length + 1, dtype=t.dtype, device=t.device)  # sees everything
-            pos = torch.full((1, 1), self.length, device=t.device)
-        elif tree.depths is not None and tree.ancestors is not None:
-            # the drafter's own depths and ancestor matrix: a few tensor ops, no walk over the nodes
-            ids = torch.cat([torch.tensor([root]), tree.tokens.cpu()])[None]
-            mask, pos = _mask_from_ancestors(tree, self.length, t.dtype, t.device)
-        else:
-            ids = torch.cat([torch.tensor([root]), tree.tokens.cpu()])[None]
-            full = _full_parents(tree).to(t.device)
-            mask = tree_attention_mask(full, self.length, t.dtype)
-            pos = tree_position_ids(full, self.length)
+        rows = 1 if tree is None else tree.size + 1
+        ids, offsets, block = tree_step_inputs(root, tree, rows, t.device)
+        # every row sees the committed prefix; a 1-row step sees everything (see the class docstring)
+        allowed = torch.cat([torch.ones(rows, self.length, dtype=torch.bool, device=t.device), block], 1)
+        mask = additive_mask(allowed, t.dtype)[None, None]
+        pos = (self.length + offsets)[None]
+        ids = ids[None]
         self._added = ids.shape[1]
         return t.forward(
             ids.to(t.device),
@@ -165,42 +172,33 @@ class GraphRunner:
         self._neg = torch.finfo(target.dtype).min
 
     # -------------------------------------------------------------- helpers
-    def _fill(self, shape: _Shape, ids: list[int], depths: torch.Tensor, anc: torch.Tensor) -> None:
-        """Write one step's inputs into the static buffers from the host (rows beyond len(ids) are padding):
-        one pinned copy for ids/positions/slots, one for the tree's mask block."""
-        n, k, start = shape.n, len(ids), self.length
+    def _fill(self, shape: _Shape, ids: torch.Tensor, offsets: torch.Tensor, block: torch.Tensor) -> None:
+        """Write one step's inputs (host tensors: ids (n,), position offsets from the block's start (n,), the
+        block's (n, n) visibility) into the static buffers: one pinned copy for ids/positions/slots, one for the
+        mask block. Host-built steps (the prefill, an AR step, a host drafter's tree) take this path: per-step
+        launch overhead is what a captured step of a small model is left with."""
+        n, start = shape.n, self.length
         h = shape.host
-        h[0].zero_()
-        h[0, :k] = torch.tensor(ids)
-        h[1].fill_(start)
-        h[1, :k] = start + depths - 1
+        h[0].copy_(ids)
+        torch.add(offsets, start, out=h[1])
         torch.arange(start, start + n, out=h[2])
         shape.dev.copy_(h, non_blocking=True)
-        full_anc = torch.eye(n, dtype=torch.bool)  # padding rows see only themselves
-        full_anc[:k, :k] = anc
         self._open_prefix(shape, start)
-        shape.host_block.zero_().masked_fill_(~full_anc, self._neg)
+        shape.host_block.zero_().masked_fill_(~block, self._neg)
         shape.mask[0, 0, :, start : start + n].copy_(shape.host_block, non_blocking=True)
 
-    def _fill_from_device_tree(self, shape: _Shape, root: int, tree: DraftTree) -> None:
-        """The same inputs from a tree whose tokens and depths live on the device (a graphed drafter's): built
-        there with a few small ops, so the drafter's output never crosses to the host before verification."""
-        n, k, start = shape.n, tree.size + 1, self.length
+    def _fill_device(
+        self, shape: _Shape, ids: torch.Tensor, offsets: torch.Tensor, block: torch.Tensor
+    ) -> None:
+        """The same from device tensors (a graphed drafter's tree): built there with a few small ops, so the
+        drafter's output never crosses to the host before verification."""
+        n, start = shape.n, self.length
         x = shape.dev
-        x[0].zero_()
-        x[0, :1].fill_(root)  # fill_, not item assignment: that copies a host scalar and syncs the stream
-        x[0, 1:k] = tree.tokens.to(x.device)
-        x[1].fill_(start)
-        x[1, 1:k] = start + tree.depths.to(x.device)  # the root sits at start, a node of depth d at start + d
+        x[0].copy_(ids)
+        torch.add(offsets, start, out=x[1])
         torch.arange(start, start + n, out=x[2])
-        allowed = torch.eye(n, dtype=torch.bool, device=x.device)
-        allowed[1:k, 0].fill_(True)
-        anc = tree.ancestors
-        if anc is None:
-            anc = ancestors_by_hops(tree.parents, tree.max_depth())
-        allowed[1:k, 1:k] = anc.to(x.device)
         self._open_prefix(shape, start)
-        shape.mask[0, 0, :, start : start + n] = torch.where(allowed, 0.0, self._neg).to(shape.mask.dtype)
+        shape.mask[0, 0, :, start : start + n] = torch.where(block, 0.0, self._neg).to(shape.mask.dtype)
 
     def _open_prefix(self, shape: _Shape, start: int) -> None:
         """Incremental mask update (a full rewrite of the (n, max_len) mask costs more than the graphed
@@ -248,7 +246,9 @@ class GraphRunner:
             raise UserError(f"decoding.max_len: a prompt of {n} tokens does not fit {self.max_len} KV slots")
         self.length = 0
         shape = _Shape(n, self.max_len, self.target.device, self.target.dtype)  # eager, not captured
-        self._fill(shape, prompt_ids, torch.arange(1, n + 1), torch.tril(torch.ones(n, n, dtype=torch.bool)))
+        self._fill(
+            shape, torch.tensor(prompt_ids), torch.arange(n), torch.tril(torch.ones(n, n, dtype=torch.bool))
+        )
         self.cache.set_slots(shape.slots)
         out = self.target.forward(
             shape.ids,
@@ -265,22 +265,17 @@ class GraphRunner:
         self, root: int, tree: DraftTree | None, features: bool, rows: int | None = None
     ) -> TargetOutput:
         """``rows``: the static row count of this step kind (defaults to the actual size)."""
+        # a graphed drafter's tree (depths on its device) is built on the device; anything else on the host
         on_device = tree is not None and tree.size > 0 and tree.depths is not None
-        if tree is None or tree.size == 0:
-            ids, depths, anc = [root], torch.ones(1, dtype=torch.long), torch.ones(1, 1, dtype=torch.bool)
-        elif not on_device:
-            full = _full_parents(tree)
-            ids = [root, *tree.tokens.tolist()]
-            depths, anc = node_depths(full), ancestor_matrix(full)
-        k = tree.size + 1 if on_device else len(ids)
+        k = 1 if tree is None else tree.size + 1
         n = max(rows or k, k)
         if self.length + n > self.max_len:
             raise UserError(f"decoding.max_len: {self.max_len} KV slots are too few for this generation")
         shape = self._shape(n, features)
         if on_device:
-            self._fill_from_device_tree(shape, root, tree)
+            self._fill_device(shape, *tree_step_inputs(root, tree, n, shape.dev.device))
         else:
-            self._fill(shape, ids, depths, anc)
+            self._fill(shape, *tree_step_inputs(root, tree, n, "cpu"))
         self._block = n
         out = self._run(shape, features)
         if k == n:
@@ -292,18 +287,49 @@ class GraphRunner:
         self.length += len(rows)
 
 
+@dataclass(frozen=True)
+class Backend:
+    """How one generation runs its target and draft, resolved once from ``decoding.capture`` and the device.
+
+    ``eager``: dynamic shapes (the stock DynamicCache, the eager draft runner); ``static``: static shapes
+    (SlotCache, fixed rows per step) run eagerly (tests; the CPU check of the graph path); ``captured``: static
+    shapes captured as CUDA graphs. ``decoding.capture=cuda_graph`` without CUDA is ``eager``."""
+
+    name: str  # eager | static | captured
+
+    @classmethod
+    def of(cls, dcfg: DecodingConfig, device: torch.device | str, warn: bool = False) -> Backend:
+        """``warn``: say so when ``cuda_graph`` falls back to eager (once per call site)."""
+        if dcfg.capture == "static":
+            return cls("static")
+        if dcfg.capture == "cuda_graph":
+            if torch.device(device).type == "cuda":
+                return cls("captured")
+            if warn:
+                warnings.warn("decoding.capture=cuda_graph needs CUDA; running eagerly", stacklevel=3)
+        return cls("eager")
+
+    @property
+    def static(self) -> bool:
+        """Static shapes: the graph runners (:class:`GraphRunner`, the static draft runner)."""
+        return self.name != "eager"
+
+    @property
+    def graphs(self) -> bool:
+        """Static shapes captured as CUDA graphs and replayed."""
+        return self.name == "captured"
+
+
 def make_runner(target, dcfg: DecodingConfig, max_len: int | None = None):
-    """``decoding.capture``: none -> DynamicRunner; cuda_graph -> GraphRunner (captured on CUDA; without CUDA
-    it warns once and falls back to the eager DynamicRunner); static -> GraphRunner run eagerly (tests)."""
+    """The target runner of :class:`Backend`: eager -> DynamicRunner; static -> GraphRunner run eagerly (tests);
+    captured -> GraphRunner captured on CUDA (``cuda_graph`` without CUDA warns and runs eagerly)."""
     max_len = max_len or dcfg.max_len
-    if dcfg.capture == "none":
-        return DynamicRunner(target)
-    if dcfg.capture == "cuda_graph" and target.device.type != "cuda":
-        warnings.warn("decoding.capture=cuda_graph needs CUDA; running eagerly", stacklevel=2)
+    backend = Backend.of(dcfg, target.device, warn=True)
+    if not backend.static:
         return DynamicRunner(target)
     # Graphs are tied to their buffers: one runner per (target, mode, max_len), reused across generations.
     runners = target.__dict__.setdefault("_graph_runners", {})
     key = (dcfg.capture, max_len)
     if key not in runners:
-        runners[key] = GraphRunner(target, max_len, capture=dcfg.capture == "cuda_graph")
+        runners[key] = GraphRunner(target, max_len, capture=backend.graphs)
     return runners[key]

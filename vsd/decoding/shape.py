@@ -10,7 +10,7 @@ Sequoia-style. Two measured inputs:
   path, and tau(tree) = 1 + the sum of that over the tree's nodes.
 - a :class:`CostProfile`: c_verify(n) = t(target forward over root + n nodes) / t1 and the draft's cost per
   call (the commit, then each tree level of k rows) / t1, measured on this device
-  (:func:`vsd.evaluation.costs.measure_shape_costs`).
+  (:func:`vsd.decoding.shape_measure.measure_shape_costs`).
 
 For every candidate (depth, k, total) the predicted tau is that of the tree the engine would draft under the
 model: at T > 0 the rank-only template :func:`vsd.decoding.tree.static_template` (exact under the model); at

@@ -69,14 +69,22 @@ class SlotCache(Cache):
         for layer in self.layers:
             layer.owner = self
 
+    def keep_rows(self, start: int | torch.Tensor, rows: list[int] | torch.Tensor) -> None:
+        """Of the block written at ``start``, move ``rows`` (relative, increasing) to its front: one gather for
+        all layers. ``start`` and ``rows`` may be device tensors ((1,) and (r,) long: the captured step, no host
+        value); host rows already in place are not copied. The committed ``length`` is the caller's."""
+        if not torch.is_tensor(rows):
+            if rows == list(range(len(rows))):
+                return
+            rows = torch.tensor(rows, device=self.k.device)
+        src = start + rows
+        dst = start + torch.arange(rows.numel(), device=self.k.device)
+        self.k.index_copy_(3, dst, self.k.index_select(3, src))
+        self.v.index_copy_(3, dst, self.v.index_select(3, src))
+
     def keep(self, start: int, rows: list[int]) -> None:
-        """Of the block written at ``start``, keep ``rows`` (relative, increasing) moved to the front; the
-        committed length becomes ``start + len(rows)``. One gather for all layers."""
-        if rows != list(range(len(rows))):
-            src = torch.tensor(rows, device=self.k.device) + start
-            dst = slice(start, start + len(rows))
-            self.k[:, :, :, dst] = self.k.index_select(3, src)
-            self.v[:, :, :, dst] = self.v.index_select(3, src)
+        """:meth:`keep_rows`, then the committed length becomes ``start + len(rows)``."""
+        self.keep_rows(start, rows)
         self.length = start + len(rows)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:

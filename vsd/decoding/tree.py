@@ -10,14 +10,12 @@ their sampled probabilities would make the set of kept siblings depend on their 
 recursive rejection sampling; a rank-only shape does not. A node whose rank reaches the support size of its
 parent's distribution is dropped with its subtree (that depends only on the parent, so stays exact).
 
-``mode == "chain"`` is the same procedure with top_k = 1 and total_tokens = depth.
+A chain is the same procedure with top_k = 1 and depth nodes (:class:`TreeShape`).
 
-Two implementations of each:
-- :func:`build_dynamic_tree` runs on the host with a per-node ``expand`` callback (generic drafters, tests);
-- :func:`grow_greedy` and :func:`grow_sampled` run a whole level in tensor operations, with ``expand`` getting
-  the level's pool indices. :func:`grow_greedy` moves no value to the host and keeps every shape fixed, so a
-  static-shape drafter can capture the whole T = 0 tree as one CUDA graph; on a CPU both avoid per-node Python.
-  The tests hold them to the host builder's trees.
+One implementation of each: :func:`grow_greedy` and :func:`grow_sampled` run a whole level in tensor
+operations, with ``expand`` getting the level's pool indices. :func:`grow_greedy` moves no value to the host and
+keeps every shape fixed, so a static-shape drafter can capture the whole T = 0 tree as one CUDA graph; on a CPU
+both avoid per-node Python. The tests hold them to a node-at-a-time host reference (tests/decoding/tree_reference.py).
 
 Model drafters score children in their own (smaller) draft vocabulary: ``token_map`` (V_d,) maps the few
 chosen draft ids to target ids, so no (rows, target vocab) tensor is ever built.
@@ -32,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -42,57 +40,16 @@ from vsd.decoding.drafter import DraftTree
 from vsd.decoding.sampling import gumbel_keys, warp
 from vsd.decoding.tree_attention import ancestors_by_hops
 
-Expand = Callable[[torch.Tensor], torch.Tensor]
 # (node pool indices (m,), tree level d >= 1 (the nodes' depth), the pool so far) -> (m, V) log-probs
 ExpandLevel = Callable[[torch.Tensor, int, "TensorPool"], torch.Tensor]
-
-
-@dataclass
-class NodePool:
-    """Every node created while drafting, in creation order. ``expand`` gets indices into this pool.
-
-    Before ``expand(idx)`` is called, ``tokens[i]``, ``parents[i]`` (pool index, -1 = root) and
-    ``depths[i]`` (1 = child of the root) are set for every i in idx, so a drafter can feed its model.
-    ``ranks[i]`` is the node's rank among its siblings, ``logq[i]`` its log-prob given the parent.
-    """
-
-    tokens: list[int] = field(default_factory=list)
-    parents: list[int] = field(default_factory=list)
-    depths: list[int] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)
-    ranks: list[int] = field(default_factory=list)
-    logq: list[float] = field(default_factory=list)
-
-    def add(self, token: int, parent: int, score: float, rank: int = 0, logq: float = 0.0) -> int:
-        self.tokens.append(token)
-        self.parents.append(parent)
-        self.depths.append(1 if parent < 0 else self.depths[parent] + 1)
-        self.scores.append(score)
-        self.ranks.append(rank)
-        self.logq.append(logq)
-        return len(self.tokens) - 1
-
-    def extend(
-        self, tokens: list[int], parents: list[int], scores: list[float], ranks: list[int], logq: list[float]
-    ) -> None:
-        """Add nodes in bulk (one tree level): the same as ``add`` for each, in order."""
-        self.tokens.extend(tokens)
-        self.parents.extend(parents)
-        self.depths.extend(1 if p < 0 else self.depths[p] + 1 for p in parents)
-        self.scores.extend(scores)
-        self.ranks.extend(ranks)
-        self.logq.extend(logq)
-
-    def clear(self) -> None:
-        for lst in (self.tokens, self.parents, self.depths, self.scores, self.ranks, self.logq):
-            lst.clear()
 
 
 @dataclass
 class TensorPool:
     """Every node a tensor builder created, in creation order, as tensors on the drafter's device."""
 
-    tokens: torch.Tensor  # (P,) long target ids
+    # (..., P): leading batch dims for the batched anchor trees (vsd.decoding.anchor_trees), none for one tree
+    tokens: torch.Tensor  # (P,) long target ids (draft ids where no token map is given)
     parents: torch.Tensor  # (P,) long pool index, -1 = child of the root
     depths: torch.Tensor  # (P,) long, 1 = child of the root
     scores: torch.Tensor  # (P,) float64 cumulative log-probs (zeros for sampled trees)
@@ -100,77 +57,51 @@ class TensorPool:
     logq: torch.Tensor  # (P,) float log-prob given the parent
 
     def cat(self, other: TensorPool) -> TensorPool:
-        return TensorPool(*(torch.cat([a, b]) for a, b in zip(self.fields(), other.fields())))
+        return TensorPool(*(torch.cat([a, b], -1) for a, b in zip(self.fields(), other.fields())))
 
     def fields(self) -> tuple[torch.Tensor, ...]:
         return self.tokens, self.parents, self.depths, self.scores, self.ranks, self.logq
 
 
-def tree_budget(dcfg: DecodingConfig) -> tuple[int, int, int]:
-    """(depth, top_k, total_tokens) actually used: chain mode is a top-1 tree of ``depth`` nodes."""
-    if dcfg.mode == "chain":
-        return dcfg.depth, 1, dcfg.depth
-    return dcfg.depth, dcfg.top_k, dcfg.total_tokens
+@dataclass(frozen=True)
+class TreeShape:
+    """The tree one speculative step drafts, resolved once from the config: ``depth`` levels, ``top_k`` children
+    per expanded node, ``nodes`` kept. A chain is the shape (depth, 1, depth): ``decoding.mode=chain`` is no
+    special case past :meth:`of`."""
 
+    depth: int
+    top_k: int
+    nodes: int
 
-def max_pool_nodes(dcfg: DecodingConfig) -> int:
-    """Most nodes one tree may create: k children of the root, then k children of <= k nodes per depth."""
-    depth, k, _ = tree_budget(dcfg)
-    return k + (depth - 1) * k * k
+    @classmethod
+    def of(cls, dcfg: DecodingConfig) -> TreeShape:
+        """The configured shape (``decoding.mode``, ``depth``, ``top_k``, ``total_tokens``)."""
+        if dcfg.mode == "chain":
+            return cls(dcfg.depth, 1, dcfg.depth)
+        return cls(dcfg.depth, dcfg.top_k, dcfg.total_tokens)
+
+    @property
+    def pool_nodes(self) -> int:
+        """Most nodes one tree may create: k children of the root, then k children of <= k nodes per depth."""
+        return self.top_k + (self.depth - 1) * self.top_k * self.top_k
+
+    @property
+    def max_nodes(self) -> int:
+        """Most nodes a drafted tree holds (the kept nodes cannot outnumber the created ones)."""
+        return min(self.nodes, self.pool_nodes)
+
+    def verify_rows(self, extra: int = 0) -> int:
+        """Rows of one verification forward at most: the root, the shape's nodes and ``extra`` nodes a drafter
+        may add (the lookup branch)."""
+        return 1 + self.nodes + extra
+
+    def __iter__(self):
+        """``depth, k, nodes = shape``."""
+        return iter((self.depth, self.top_k, self.nodes))
 
 
 def _mapped(ids: torch.Tensor, token_map: torch.Tensor | None) -> torch.Tensor:
     return ids if token_map is None else token_map[ids]
-
-
-# ------------------------------------------------------------------------------------------ host builder
-def build_dynamic_tree(
-    expand: Expand,
-    dcfg: DecodingConfig,
-    generator: torch.Generator | None = None,
-    pool: NodePool | None = None,
-) -> DraftTree:
-    """Draft a tree by calling ``expand(node_idx (M,) long, -1 = root) -> (M, V) log-probs`` of children.
-
-    The log-probs may live on the drafter's device: at T=0 only the top-k of each row crosses to the host.
-
-    ``pool`` (optional) receives every created node so ``expand`` can look up tokens/parents; pass the
-    drafter's own pool when expand needs it. Returns the kept nodes topologically ordered, siblings in
-    sample order, with ``pool_index``, ``ranks`` and ``logq`` set.
-    """
-    pool = pool if pool is not None else NodePool()
-    pool.clear()
-    if dcfg.temperature > 0:
-        return _build_sampled(expand, dcfg, generator, pool)
-    return _build_greedy(expand, dcfg, pool)
-
-
-def _build_greedy(expand: Expand, dcfg: DecodingConfig, pool: NodePool) -> DraftTree:
-    depth, k, total = tree_budget(dcfg)
-    frontier = [-1]
-    scores = torch.zeros(0, dtype=torch.float64)  # of every pool node, creation order
-    for _ in range(depth):
-        logp = expand(torch.tensor(frontier, dtype=torch.long)).float()
-        top = logp.topk(min(k, logp.shape[-1]), dim=-1)  # on the drafter's device: only (m, k) comes back
-        vals, ids = top.values.cpu().double(), top.indices.cpu()
-        base = torch.tensor([0.0 if p < 0 else pool.scores[p] for p in frontier], dtype=torch.float64)
-        cand = (base[:, None] + vals).flatten()  # children of each frontier node, in rank order
-        n0 = len(pool.tokens)
-        m, kk = vals.shape
-        pool.extend(
-            ids.flatten().tolist(),
-            [p for p in frontier for _ in range(kk)],
-            cand.tolist(),
-            list(range(kk)) * m,
-            vals.flatten().tolist(),
-        )
-        scores = torch.cat([scores, cand])
-        # the k best nodes of this depth are expanded next (stable: ties keep creation order)
-        frontier = (n0 + cand.sort(descending=True, stable=True).indices[:k]).tolist()
-    # cumulative log-probs never increase along a path and parents are created first, so the stable top
-    # `total` is closed under ancestors; creation order is topological with siblings in rank order
-    keep = scores.sort(descending=True, stable=True).indices[:total].sort().values.tolist()
-    return _to_tree(pool, keep, None)
 
 
 @lru_cache(maxsize=256)
@@ -202,71 +133,83 @@ def _children_counts(template: tuple[tuple[int, ...], ...]) -> dict[tuple[int, .
     return n_children
 
 
-def _build_sampled(
-    expand: Expand, dcfg: DecodingConfig, generator: torch.Generator | None, pool: NodePool
-) -> DraftTree:
-    depth, k, total = tree_budget(dcfg)
-    template = static_template(depth, k, total)
-    n_children = _children_counts(template)
-    where: dict[tuple[int, ...], int] = {(): -1}  # rank path -> pool index
-    dists: dict[int, torch.Tensor] = {}
-    for d in range(depth):
-        parents = [p for p in n_children if len(p) == d and p in where]
-        if not parents:
-            break
-        logp = expand(torch.tensor([where[p] for p in parents], dtype=torch.long)).cpu()
-        q = warp(logp, dcfg.temperature, dcfg.target_top_k, dcfg.top_p)
-        for row, par in enumerate(parents):
-            pidx = where[par]
-            dists[pidx] = q[row]
-            keys = gumbel_keys(q[row], generator)
-            top = keys.topk(min(n_children[par], keys.numel()))
-            ids = top.indices[top.values > float("-inf")].tolist()  # ranks past the support are absent
-            for r, t in enumerate(ids):
-                where[par + (r,)] = pool.add(int(t), pidx, 0.0, r, math.log(float(q[row, t])))
-    keep = [where[p] for p in template if p in where]
-    return _to_tree(pool, keep, dists)
-
-
-def _to_tree(pool: NodePool, keep: list[int], dists: dict[int, torch.Tensor] | None) -> DraftTree:
-    """Kept pool nodes (topological order) -> DraftTree with parents re-indexed into the kept list."""
-    pos = {p: i for i, p in enumerate(keep)}
-    tokens = torch.tensor([pool.tokens[p] for p in keep], dtype=torch.long)
-    parents = torch.tensor([pos[pool.parents[p]] if pool.parents[p] >= 0 else -1 for p in keep])
-    child_dists = None
-    if dists is not None:
-        first = next(iter(dists.values()))
-        rows = [dists.get(p) for p in [-1, *keep]]
-        child_dists = torch.stack([r if r is not None else torch.zeros_like(first) for r in rows])
-    return DraftTree(
-        tokens,
-        parents.long().reshape(-1),
-        child_dists,
-        torch.tensor(keep, dtype=torch.long),
-        ranks=torch.tensor([pool.ranks[p] for p in keep], dtype=torch.long),
-        logq=torch.tensor([pool.logq[p] for p in keep], dtype=torch.float32),
-    )
-
-
 # ------------------------------------------------------------------------------------------ tensor builders
+def kept_nodes(pool: TensorPool, keep: torch.Tensor) -> TensorPool:
+    """The pool nodes ``keep`` (..., n) (increasing, closed under ancestors) of pools with any leading batch
+    dims, their parents re-indexed into the kept nodes (-1: child of the root)."""
+    pos = torch.full_like(pool.parents, -1).scatter(
+        -1, keep, torch.arange(keep.shape[-1], device=keep.device).expand_as(keep)
+    )
+    par = pool.parents.gather(-1, keep)
+    parents = torch.where(par >= 0, pos.gather(-1, par.clamp(min=0)), par)
+    tokens, _, depths, scores, ranks, logq = (x.gather(-1, keep) for x in pool.fields())
+    return TensorPool(tokens, parents, depths, scores, ranks, logq)
+
+
 def _subtree(pool: TensorPool, keep: torch.Tensor, depth: int) -> DraftTree:
     """The kept pool nodes ``keep`` (increasing, closed under ancestors) as a DraftTree on the pool's device,
     with depths, ancestors and its depth bound."""
-    pos = torch.full_like(pool.parents, -1)
-    pos[keep] = torch.arange(keep.numel(), device=keep.device)
-    par = pool.parents[keep]
-    parents = torch.where(par >= 0, pos[par.clamp(min=0)], par)
+    t = kept_nodes(pool, keep)
     return DraftTree(
-        pool.tokens[keep],
-        parents,
+        t.tokens,
+        t.parents,
         None,
-        keep,
-        pool.depths[keep],
+        t.depths,
         depth,
-        ancestors_by_hops(parents, depth),
-        ranks=pool.ranks[keep],
-        logq=pool.logq[keep],
+        ancestors_by_hops(t.parents, depth),
+        ranks=t.ranks,
+        logq=t.logq,
     )
+
+
+def grow_greedy_pool(
+    root_logp: torch.Tensor,
+    expand: ExpandLevel,
+    depth: int,
+    k: int,
+    total: int,
+    token_map: torch.Tensor | None = None,
+) -> tuple[TensorPool, torch.Tensor]:
+    """The EAGLE-2 T = 0 procedure for a batch of trees (any leading dims ``...``, none for one tree): the top-k
+    children of each of the k best nodes of the newest level (cumulative draft log-probability, stable ties) for
+    ``depth`` levels, then the ``total`` best nodes. ``root_logp`` (..., V) the roots' children log-probs;
+    ``expand(frontier (..., k), d, pool) -> (..., k, V)`` the children of the level-d frontier nodes (pool
+    indices). Returns (every created node: a pool of (..., P) tensors, the kept pool indices (..., n):
+    increasing, closed under ancestors). Tensor operations only (capturable)."""
+    dev = root_logp.device
+    k = min(k, root_logp.shape[-1])
+    top = root_logp.float().topk(k, dim=-1)
+    batch = top.indices.shape[:-1]
+    ranks = torch.arange(k, device=dev)
+    pool = TensorPool(
+        tokens=_mapped(top.indices, token_map),
+        parents=torch.full((*batch, k), -1, dtype=torch.long, device=dev),
+        depths=torch.ones(*batch, k, dtype=torch.long, device=dev),
+        scores=top.values.double(),
+        ranks=ranks.expand(*batch, k),
+        logq=top.values,
+    )
+    frontier = pool.scores.sort(dim=-1, descending=True, stable=True).indices[..., :k]
+    for d in range(1, depth):
+        logp = expand(frontier, d, pool).float()
+        top = logp.topk(k, dim=-1)
+        cand = (pool.scores.gather(-1, frontier)[..., None] + top.values.double()).flatten(-2)
+        n0 = pool.tokens.shape[-1]
+        pool = pool.cat(
+            TensorPool(
+                tokens=_mapped(top.indices.flatten(-2), token_map),
+                parents=frontier[..., None].expand(*batch, k, k).flatten(-2),
+                depths=torch.full((*batch, k * k), d + 1, dtype=torch.long, device=dev),
+                scores=cand,
+                ranks=ranks.repeat(k).expand(*batch, k * k),
+                logq=top.values.flatten(-2),
+            )
+        )
+        frontier = n0 + cand.sort(dim=-1, descending=True, stable=True).indices[..., :k]
+    # cumulative log-probs never increase along a path and parents are created first, so the stable top
+    # `total` is closed under ancestors; creation order is topological with siblings in rank order
+    keep = pool.scores.sort(dim=-1, descending=True, stable=True).indices[..., :total].sort(dim=-1).values
+    return pool, keep
 
 
 def grow_greedy(
@@ -277,40 +220,12 @@ def grow_greedy(
     total: int,
     token_map: torch.Tensor | None = None,
 ) -> tuple[DraftTree, TensorPool]:
-    """The T = 0 tree of :func:`_build_greedy` from ``root_logp`` (1, V) (the root's children), with ``expand``
-    giving the children of the k frontier nodes of each level. ``token_map`` (V,) maps the log-probs' columns
-    to target ids (None: the columns are target ids). Tensor operations only (capturable); every returned
-    tensor stays on ``root_logp``'s device. ``DraftTree.depths`` and ``ancestors`` are set; its depth bound is
-    ``depth``."""
-    dev = root_logp.device
-    top = root_logp.float().topk(k, dim=-1)
-    ranks = torch.arange(k, device=dev)
-    pool = TensorPool(
-        tokens=_mapped(top.indices[0], token_map),
-        parents=torch.full((k,), -1, dtype=torch.long, device=dev),
-        depths=torch.ones(k, dtype=torch.long, device=dev),
-        scores=top.values[0].double(),
-        ranks=ranks,
-        logq=top.values[0],
-    )
-    frontier = pool.scores.sort(descending=True, stable=True).indices[:k]
-    for d in range(1, depth):
-        logp = expand(frontier, d, pool).float()
-        top = logp.topk(k, dim=-1)
-        cand = (pool.scores[frontier][:, None] + top.values.double()).flatten()
-        n0 = pool.tokens.numel()
-        pool = pool.cat(
-            TensorPool(
-                tokens=_mapped(top.indices.flatten(), token_map),
-                parents=frontier[:, None].expand(k, k).reshape(-1),
-                depths=torch.full((k * k,), d + 1, dtype=torch.long, device=dev),
-                scores=cand,
-                ranks=ranks.repeat(k),
-                logq=top.values.flatten(),
-            )
-        )
-        frontier = n0 + cand.sort(descending=True, stable=True).indices[:k]
-    keep = pool.scores.sort(descending=True, stable=True).indices[:total].sort().values
+    """One T = 0 tree (:func:`grow_greedy_pool`) from ``root_logp`` (1, V) (the root's children), with ``expand``
+    giving the children of the k frontier nodes (k,) of each level. ``token_map`` (V,) maps the log-probs'
+    columns to target ids (None: the columns are target ids). Tensor operations only (capturable); every
+    returned tensor stays on ``root_logp``'s device. ``DraftTree.depths`` and ``ancestors`` are set; its depth
+    bound is ``depth``."""
+    pool, keep = grow_greedy_pool(root_logp[0], expand, depth, k, total, token_map)
     return _subtree(pool, keep, depth), pool
 
 
@@ -410,7 +325,7 @@ def grow_sampled(
     noise: torch.Tensor | None = None,
     fixed: bool = False,
 ) -> DraftTree:
-    """The T > 0 tree of :func:`_build_sampled`: every level's rows are warped and sampled without replacement
+    """The T > 0 template tree: every level's rows are warped and sampled without replacement
     (Gumbel-top-k) in one batch. ``root_logp`` (1, V) and ``expand`` as in :func:`grow_greedy` (``expand`` gets the
     level's parents, at most k of them). ``child_dists`` keeps the warped rows in the log-probs' columns, with
     ``dist_ids = token_map``.
@@ -420,7 +335,7 @@ def grow_sampled(
     absent nodes (one host read per tree); ``fixed=True`` keeps every shape and moves nothing to the host (the
     captured step verifies with ``valid``). ``noise`` (``plan.noise_rows``, V) optional uniforms for the
     Gumbel keys, drawn before a captured step; else they come from ``generator``, level by level."""
-    depth, k, total = tree_budget(dcfg)
+    depth, k, total = TreeShape.of(dcfg)
     dev = root_logp.device
     plan = template_plan(depth, k, total, str(dev))
     n = plan.size
@@ -452,7 +367,6 @@ def grow_sampled(
         tokens,
         plan.parents,
         torch.cat([allq, torch.zeros_like(allq[:1])])[plan.dist_rows],
-        torch.arange(n, device=dev),
         plan.depths,
         depth,
         plan.ancestors,

@@ -1,10 +1,13 @@
-"""Tree attention on top of a KV cache, through the stock HF 4D-mask / position-id interfaces.
+"""Tree primitives and tree attention on top of a KV cache, through the stock HF 4D-mask / position-id
+interfaces.
 
-One implementation, shared by the decoding engine (verification of a draft tree) and by the VSD E-step
-(the target as oracle over many sampled paths at once).
+One implementation each, shared by the decoding engine (verification of a draft tree), the batched anchor
+trees of the VSD tree E-step and the reference evaluator, and the VSD E-step (the target as oracle over many
+sampled paths at once).
 
 A tree of N nodes is given by ``parents`` (N,), each entry the index of the node's parent in the same
 array or -1 for a child of the prefix. Nodes must be topologically ordered (parent index < own index).
+:func:`ancestors_by_hops` and :func:`gate_by_ancestors` also take a batch of trees, ``parents`` (..., N).
 """
 
 from __future__ import annotations
@@ -13,29 +16,38 @@ import torch
 
 
 def ancestor_matrix(parents: torch.Tensor) -> torch.Tensor:
-    """(N, N) bool: [i, j] is True when node j is node i itself or one of its ancestors."""
-    n = parents.numel()
-    anc = torch.eye(n, dtype=torch.bool, device=parents.device)
-    par = parents.tolist()
-    for i, p in enumerate(par):
-        if p >= 0:
-            if p >= i:
-                raise ValueError(f"parents must be topologically ordered: node {i} has parent {p}")
-            anc[i] |= anc[p]
-    return anc
+    """(N, N) bool: [i, j] is True when node j is node i itself or one of its ancestors (checks the order and
+    reads the depth on the host; :func:`ancestors_by_hops` given a depth bound)."""
+    if parents.numel() == 0:
+        return torch.zeros(0, 0, dtype=torch.bool, device=parents.device)
+    bad = (parents >= torch.arange(parents.numel(), device=parents.device)).nonzero()
+    if bad.numel():
+        i = int(bad[0])
+        raise ValueError(f"parents must be topologically ordered: node {i} has parent {int(parents[i])}")
+    return ancestors_by_hops(parents, int(node_depths(parents.cpu()).max()))
 
 
 def ancestors_by_hops(parents: torch.Tensor, depth: int) -> torch.Tensor:
-    """:func:`ancestor_matrix` of a tree no deeper than ``depth``, in ``depth - 1`` parent hops of tensor
-    operations: no host copy, fixed shapes (usable inside a captured step)."""
-    n = parents.numel()
+    """(..., N, N) bool ancestor matrix ([.., i, j]: node j is node i or one of its ancestors) of trees
+    ``parents`` (..., N) no deeper than ``depth``, in ``depth - 1`` parent hops of tensor operations: no host
+    copy, fixed shapes (usable inside a captured step)."""
+    n = parents.shape[-1]
     cols = torch.arange(n, device=parents.device)
-    anc = cols[:, None] == cols[None]
+    anc = (cols[:, None] == cols[None]).expand(*parents.shape, n).clone()
     cur = parents
     for _ in range(depth - 1):
-        anc |= cur[:, None] == cols[None]  # -1 (past the root) matches no column
-        cur = torch.where(cur >= 0, parents[cur.clamp(min=0)], cur)
+        anc |= cur[..., None] == cols  # -1 (past the root) matches no column
+        cur = torch.where(cur >= 0, parents.gather(-1, cur.clamp(min=0)), cur)
     return anc
+
+
+def gate_by_ancestors(ok: torch.Tensor, parents: torch.Tensor, depth: int) -> torch.Tensor:
+    """(..., N) bool: ``ok`` at a node and at every one of its ancestors ("accepted = it matches and its parent
+    is accepted"), for trees ``parents`` (..., N) no deeper than ``depth``; ``depth - 1`` gathers."""
+    out = ok
+    for _ in range(depth - 1):
+        out = ok & torch.where(parents >= 0, out.gather(-1, parents.clamp(min=0)), True)
+    return out
 
 
 def node_depths(parents: torch.Tensor) -> torch.Tensor:
@@ -61,8 +73,3 @@ def tree_attention_mask(
     mask = torch.zeros(n, prefix_len + n, dtype=dtype, device=parents.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[None, None]
-
-
-def tree_position_ids(parents: torch.Tensor, prefix_len: int) -> torch.Tensor:
-    """(1, N) positions: a node at depth d sits at prefix_len + d - 1."""
-    return (prefix_len + node_depths(parents) - 1)[None]

@@ -209,3 +209,17 @@ def compute_metrics(rows: list[Row]) -> dict[str, float]:
             if pm is not None:
                 out[f"eval/peer/{name}/lossless_match"] = pm
     return out
+
+
+def shape_metrics(info: dict[str, Any]) -> dict[str, float]:
+    """``eval/shape_depth``, ``eval/shape_top_k``, ``eval/shape_nodes`` and, for ``auto``,
+    ``eval/shape_pred_tau`` and ``eval/shape_pred_bound``."""
+    out = {
+        "eval/shape_depth": float(info["depth"]),
+        "eval/shape_top_k": float(info["top_k"]),
+        "eval/shape_nodes": float(info["nodes"]),
+    }
+    if info.get("mode") == "auto":
+        out["eval/shape_pred_tau"] = float(info["pred_tau"])
+        out["eval/shape_pred_bound"] = float(info["pred_bound"])
+    return out

@@ -5,7 +5,7 @@ decoding emits. A verification step that starts with root y_i (anchor i: prefix 
 that depends on that prefix alone, and accepts the longest tree path that spells y_{i+1}, y_{i+2}, ...; the
 step ends with the bonus token, so the next step starts at anchor i + L(i) + 1. Given y, every L(i) can
 therefore be computed at once, with the draft trees of ALL anchors drafted in one batched pass
-(:func:`vsd.models.tree_draft.grow_anchor_trees`) from the target features of y, and the steps the engine would
+(:func:`vsd.decoding.anchor_trees.grow_anchor_trees`) from the target features of y, and the steps the engine would
 take follow as a jump chain i -> i + L(i) + 1. The rows it writes carry the same per-step counts as the
 engine's (``accepted``, ``tree_depth``, ``drafted``, ``accepted_ranks``, ``calib``), so every acceptance metric
 (tau, alpha_k, accepted_not_top1, calibration) comes from the same code (vsd.evaluation.metrics) as for decoded
@@ -31,9 +31,9 @@ from filelock import FileLock
 
 from vsd.config.schema import DecodingConfig, EvalConfig
 from vsd.data.shards import content_key, target_fingerprint
-from vsd.models.tree_draft import accepted_by_reference, grow_anchor_trees
+from vsd.decoding.anchor_trees import accepted_by_reference, grow_anchor_trees
+from vsd.decoding.diagnostics import calib_by_depth
 
-CALIB_BINS = 10
 REF_VERSION = 2  # bump when what is cached changes
 
 
@@ -123,9 +123,9 @@ def reference_steps(
     run of eval.jsonl (``new_tokens``, ``target_forwards``, ``accepted``, ``drafted``, ``tree_depth``,
     ``accepted_ranks``, ``calib``: per depth, CALIB_BINS cells [count, sum of draft confidence, accepted] over
     the nodes whose parent was accepted)."""
-    from vsd.decoding.tree import tree_budget
+    from vsd.decoding.tree import TreeShape
 
-    depth, k, total = tree_budget(dcfg)
+    depth, k, total = TreeShape.of(dcfg)
     prompt, new = ref["prompt_ids"], ref["new_ids"]
     P, N = len(prompt), len(new)
     run: dict[str, Any] = {
@@ -189,14 +189,7 @@ def reference_steps(
     run["target_forwards"] = 1 + len(visited)
     t = x["tested"][v]
     dep, conf, acc = x["dep"][v][t], x["conf"][v][t], x["acc"][v][t]
-    bins = np.minimum((conf * CALIB_BINS).astype(int), CALIB_BINS - 1)
-    for d in np.unique(dep):
-        sel = dep == d
-        cells = np.zeros((CALIB_BINS, 3))
-        np.add.at(cells[:, 0], bins[sel], 1)
-        np.add.at(cells[:, 1], bins[sel], conf[sel])
-        np.add.at(cells[:, 2], bins[sel], acc[sel].astype(float))
-        run["calib"][str(int(d))] = [[int(c), float(sc), int(sa)] for c, sc, sa in cells]
+    run["calib"] = calib_by_depth(torch.from_numpy(dep), torch.from_numpy(conf), torch.from_numpy(acc))
     return run
 
 

@@ -21,7 +21,7 @@ interrupted run reuses its finished rows with the same key and decodes the rest.
 nothing was accepted); ``calib`` maps a depth ("1", "2", ...) to CALIB_BINS rows ``[count, sum of confidence,
 sum accepted]`` over the nodes whose parent was accepted, binned by the draft's confidence exp(logq);
 ``rank_counts`` maps a depth to per-rank ``[nodes whose parent was accepted, accepted]`` (see
-vsd.decoding.engine.DraftStats).
+vsd.decoding.diagnostics.DraftStats).
 
 A turn too long for the target's context is not decoded (docs/eval.md, "Prompts longer than the context"):
 it needs ``prompt_tokens + decoding.max_new_tokens + verify rows <= limit`` (verify rows: 1 +
@@ -45,8 +45,6 @@ from vsd.config.schema import DecodingConfig, EvalConfig
 from vsd.errors import UserError
 from vsd.records import append_jsonl
 from vsd.runtime import synchronize
-
-PEER_NAMES = ("hf_prompt_lookup", "hf_assisted")
 
 
 def _seed_for(seed: int, rid: str, turn: int) -> int:
@@ -122,7 +120,7 @@ def hf_generate(
 ) -> dict[str, Any]:
     """HF ``model.generate`` on the same ids, with its target forwards counted and wall time measured.
 
-    ``kw``: ``prompt_lookup_num_tokens=...`` or ``assistant_model=...``. Sampling (T>0) uses the same
+    ``kw``: HF generate options (``prompt_lookup_num_tokens=...``). Sampling (T>0) uses the same
     warp settings as our engine (temperature, top-k, top-p); HF draws from the global torch RNG.
     """
     x = torch.tensor([prompt_ids], device=target.device)
@@ -154,17 +152,34 @@ def hf_generate(
     return {"new_tokens": len(new), "target_forwards": counter.n, "wall_s": wall, "ids": new}
 
 
+def hf_prompt_lookup(target, ids: list[int], dcfg: DecodingConfig, seed: int) -> dict[str, Any]:
+    """HF's prompt lookup decoding with our n-gram drafter's settings (``depth`` tokens, ``ngram_max``)."""
+    return hf_generate(
+        target, ids, dcfg, seed, prompt_lookup_num_tokens=dcfg.depth, max_matching_ngram_size=dcfg.ngram_max
+    )
+
+
+# eval.peers name -> run (target, prompt ids, decoding settings, seed) -> its row: a new peer is one function plus
+# one entry (and its name in the schema's eval.peers choices; a test ties the two lists)
+PEERS: dict[str, Callable[[Any, list[int], DecodingConfig, int], dict[str, Any]]] = {
+    "hf_prompt_lookup": hf_prompt_lookup,
+}
+
+
 def verify_rows(dcfg: DecodingConfig) -> int:
     """Rows of one verification forward at most: the root plus the largest tree (or chain) drafted."""
-    return 1 + (dcfg.total_tokens if dcfg.mode == "tree" else dcfg.depth)
+    from vsd.decoding.tree import TreeShape
+
+    return TreeShape.of(dcfg).verify_rows()
 
 
 def context_limit(target, dcfg: DecodingConfig) -> tuple[int | None, str]:
     """The most positions one generation may use, and the key it comes from (None: no known limit)."""
     limit = getattr(target.config, "max_position_embeddings", None)
     source = "the target's max_position_embeddings"
-    static = dcfg.capture == "static" or (dcfg.capture == "cuda_graph" and target.device.type == "cuda")
-    if static and (limit is None or dcfg.max_len < limit):
+    from vsd.decoding.runner import Backend
+
+    if Backend.of(dcfg, target.device).static and (limit is None or dcfg.max_len < limit):
         limit, source = dcfg.max_len, "decoding.max_len"
     return limit, source
 
@@ -191,8 +206,6 @@ class EvalRunner:
         dcfg: DecodingConfig,
         ecfg: EvalConfig,
         out_path: Path | None,
-        assistant_model=None,
-        assistant_skip_reason: str = "no same-tokenizer assistant model",
         peer_dcfg: DecodingConfig | None = None,
         row_key: str | None = None,
     ):
@@ -204,8 +217,6 @@ class EvalRunner:
         self.peer_dcfg = peer_dcfg or dcfg
         self.out_path = out_path
         self.row_key = row_key
-        self.assistant_model = assistant_model
-        self.assistant_skip_reason = assistant_skip_reason
 
     # ------------------------------------------------------------------ one method each
     def _ar(self, ids: list[int], seed: int):
@@ -224,20 +235,9 @@ class EvalRunner:
         )
 
     def _peer(self, name: str, ids: list[int], seed: int) -> dict[str, Any]:
-        if name == "hf_prompt_lookup":
-            return hf_generate(
-                self.target,
-                ids,
-                self.peer_dcfg,
-                seed,
-                prompt_lookup_num_tokens=self.peer_dcfg.depth,
-                max_matching_ngram_size=self.peer_dcfg.ngram_max,
-            )
-        if name == "hf_assisted":
-            if self.assistant_model is None:
-                return {"skipped": self.assistant_skip_reason}
-            return hf_generate(self.target, ids, self.peer_dcfg, seed, assistant_model=self.assistant_model)
-        raise ValueError(f"eval.peers: unknown peer {name!r}")
+        if name not in PEERS:
+            raise ValueError(f"eval.peers: unknown peer {name!r}")
+        return PEERS[name](self.target, ids, self.peer_dcfg, seed)
 
     # ------------------------------------------------------------------ public
     def first_fitting_prompt(self, records: list[dict[str, Any]]) -> list[int]:

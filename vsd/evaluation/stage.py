@@ -10,24 +10,26 @@ from pathlib import Path
 from typing import Any
 
 from vsd.data.eval_prompts import load_suite
+from vsd.decoding.shape_measure import resolve_shape
 from vsd.errors import UserError
-from vsd.evaluation.autoshape import resolve_shape, shape_metrics
 from vsd.evaluation.costs import cost_metrics, measure_forward_costs
-from vsd.evaluation.metrics import compute_metrics
+from vsd.evaluation.metrics import compute_metrics, shape_metrics
 from vsd.evaluation.runner import EvalRunner
 
 
 def draft_path(ctx) -> Path | None:
     """The draft directory the eval decodes with: this run's train stage output (``ctx.artifacts["draft_dir"]``)
-    or ``draft.checkpoint``; None for the n-gram drafter."""
+    or ``draft.checkpoint``; None for a drafter that needs no trained draft (the n-gram drafter)."""
+    from vsd.decoding.registry import DRAFTERS
+
     cfg = ctx.cfg
-    if cfg.decoding.drafter == "ngram":
+    if not DRAFTERS[cfg.decoding.drafter].needs_draft:
         return None
     where = ctx.artifacts.get("draft_dir") or cfg.draft.checkpoint
     if not where:
         raise UserError(
-            "draft.checkpoint: decoding.drafter=eagle3 needs a trained draft (run the train stage or set "
-            "draft.checkpoint=DIR), or use decoding=ngram"
+            f"draft.checkpoint: decoding.drafter={cfg.decoding.drafter} needs a trained draft (run the train "
+            "stage or set draft.checkpoint=DIR), or use decoding=ngram"
         )
     from vsd.models.draft import resolve_draft_dir
 
@@ -71,21 +73,12 @@ def decode_target(ctx) -> Any:
 
 
 def make_drafter(ctx) -> Any:
-    """The configured drafter: ``ngram`` (prompt lookup, no training) or ``eagle3`` (a trained draft head,
-    from this run's train stage or ``draft.checkpoint``: :func:`draft_path`)."""
-    path = draft_path(ctx)
-    if path is None:
-        from vsd.decoding.ngram import NgramDrafter
+    """The configured drafter (:data:`vsd.decoding.registry.DRAFTERS`), with its trained draft where it needs
+    one (:func:`draft_path`)."""
+    from vsd.decoding.registry import build_drafter
 
-        return NgramDrafter(decode_target(ctx).vocab_size)
-    from vsd.decoding.eagle import load_draft  # only this drafter needs the model code
-
-    drafter = load_draft(path, decode_target(ctx))
-    if ctx.cfg.decoding.ngram_branch > 0:  # prompt lookup's continuation as one more branch of each T=0 tree
-        from vsd.decoding.lookup_branch import LookupBranchDrafter
-
-        drafter = LookupBranchDrafter(drafter, decode_target(ctx).vocab_size)
-    return drafter
+    path = draft_path(ctx)  # first: a missing draft is a one-line error before any target is prepared
+    return build_drafter(decode_target(ctx), ctx.cfg.decoding, path)
 
 
 def eval_key(ctx, dcfg) -> str:
@@ -183,14 +176,6 @@ def _run_reference(ctx, records: list[dict], drafter, dcfg, shape_info) -> dict[
     return metrics
 
 
-def assistant_for(ctx) -> tuple[Any, str]:
-    """A same-tokenizer assistant for HF ``assistant_model=`` and, if none, the reason it is skipped."""
-    return None, (
-        f"no same-tokenizer assistant model for {ctx.cfg.model.name}: no registry package ships a smaller "
-        "model with its tokenizer (see docs/eval.md)"
-    )
-
-
 def run(ctx) -> dict[str, float]:
     """Evaluate; writes ``eval.jsonl`` in the run dir and returns the ``eval/*`` metrics."""
     cfg = ctx.cfg
@@ -203,19 +188,12 @@ def run(ctx) -> dict[str, float]:
     dcfg, shape_info = resolve_shape(target, drafter, cfg.decoding, cfg.paths.cache_dir)
     if cfg.eval.method == "reference":
         return _run_reference(ctx, records, drafter, dcfg, shape_info)
-    assistant, skip_reason = (None, "")
-    if "hf_assisted" in cfg.eval.peers:
-        assistant, skip_reason = assistant_for(ctx)
-        if assistant is None:
-            print(f"[vsd] eval: peer hf_assisted skipped: {skip_reason}", flush=True)
     out = Path(ctx.run_dir) / "eval.jsonl"
     key = eval_key(ctx, dcfg)
     done = resumable_rows(out, key)  # a resumed run keeps the turns an interrupted attempt finished
     if done:
         print(f"[vsd] eval: resuming: {len(done)} turns from an earlier attempt of this eval", flush=True)
-    runner = EvalRunner(
-        target, drafter, dcfg, cfg.eval, out, assistant, skip_reason, peer_dcfg=cfg.decoding, row_key=key
-    )
+    runner = EvalRunner(target, drafter, dcfg, cfg.eval, out, peer_dcfg=cfg.decoding, row_key=key)
     print(
         f"[vsd] eval: {len(records)} prompts ({cfg.eval.suite}, split={cfg.eval.split}), "
         f"drafter={cfg.decoding.drafter}, mode={cfg.decoding.mode}, T={cfg.decoding.temperature}",
@@ -257,7 +235,6 @@ def run(ctx) -> dict[str, float]:
             "resumed_turns": len(done),  # rows timed by an earlier process (speedup mixes two processes)
             "drafter": cfg.decoding.drafter,
             "draft_dir": str(ctx.artifacts.get("draft_dir") or cfg.draft.checkpoint or ""),
-            "peers_skipped": {"hf_assisted": skip_reason} if assistant is None and skip_reason else {},
             "specbench_answers": answers,
         },
         shape=shape_info,

@@ -97,7 +97,7 @@ class OnlineCollate:
     Forward pre-hooks take the inputs of the three feature layers, and the decoder's output is the final
     (normed) hidden state: the other layers' hidden states are never kept, which is what lets a batch of an 8B
     target fit. Right padding leaves every real position's context as it is, so the values equal the cached
-    ones up to the low-order bits of a different kernel shape (bf16 tolerance: tests/test_features_online.py).
+    ones up to the low-order bits of a different kernel shape (bf16 tolerance: tests/features/test_online.py).
     """
 
     def __init__(self, target: Any):

@@ -42,8 +42,9 @@ import torch
 import torch.nn.functional as F
 
 from vsd.config.schema import LossConfig
+from vsd.decoding.anchor_trees import grow_anchor_trees
 from vsd.decoding.sampling import warp
-from vsd.decoding.tree_attention import tree_attention_mask
+from vsd.decoding.tree_attention import gate_by_ancestors, tree_attention_mask
 from vsd.losses.car import car_loss
 from vsd.losses.eagle3 import Eagle3Loss
 from vsd.losses.oracle import run_oracle, target_logits_on, tree_oracle
@@ -55,7 +56,6 @@ from vsd.losses.weights import (
     sample_acceptance,
 )
 from vsd.models.draft import shift_left
-from vsd.models.tree_draft import grow_anchor_trees
 
 
 def select_anchors(
@@ -325,17 +325,10 @@ class VSDLoss(Eagle3Loss):
         pos = anchors[..., None] + trees.depths  # (B, A, N): the position the node's token would fill
         inside = (pos < T) & am.gather(1, pos.clamp(max=T - 1).view(B, -1)).view(pos.shape)
         data = torch.where(inside, ids.gather(1, pos.clamp(max=T - 1).view(B, -1)).view(pos.shape), -1)
-        on_data = toks_t == data
-        for _ in range(D - 1):
-            pa = trees.parents
-            on_data = (toks_t == data) & torch.where(pa >= 0, on_data.gather(-1, pa.clamp(min=0)), True)
+        on_data = gate_by_ancestors(toks_t == data, trees.parents, D)
         pa = trees.parents
         ctx = torch.where(pa >= 0, on_data.gather(-1, pa.clamp(min=0)), True) & inside & valid[..., None]
-        match = toks_t == greedy
-        acc = match.clone()
-        for _ in range(D - 1):  # accepted = it and every ancestor match
-            pa = trees.parents
-            acc = match & torch.where(pa >= 0, acc.gather(-1, pa.clamp(min=0)), torch.ones_like(acc))
+        acc = gate_by_ancestors(toks_t == greedy, trees.parents, D)  # it and every ancestor match
         acc &= valid[..., None]
         N = trees.tokens.shape[-1]
         # the accepted path as a chain: the accepted node of each depth (at most one: siblings are distinct)

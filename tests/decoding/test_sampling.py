@@ -13,7 +13,7 @@ from scipy.stats import chisquare
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import vsd.decoding.verify as verify_mod
-from tests.decoding_helpers import TableDrafter, one_thread
+from tests.decoding.helpers import TableDrafter, one_thread
 from vsd.config.schema import DecodingConfig
 from vsd.decoding.engine import generate_ar, generate_spec
 from vsd.decoding.ngram import NgramDrafter

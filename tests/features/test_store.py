@@ -80,7 +80,7 @@ def test_mapped_store_keeps_rss_far_below_the_cache(tmp_path):
     size, want = _synthetic_cache(tmp_path / "features" / "k")
     budget = 48 * 2**20
     assert size > 6 * budget
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = subprocess.run(
         [sys.executable, "-c", READER, str(tmp_path / "features" / "k")],
         capture_output=True,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from vsd.config import compose
+from vsd.decoding.shape_measure import representative_tree, verify_tree_size
 from vsd.errors import UserError
-from vsd.evaluation.costs import cost_metrics, measure_forward_costs, representative_tree, verify_tree_size
+from vsd.evaluation.costs import cost_metrics, measure_forward_costs
 from vsd.evaluation.runner import first_divergence, hf_generate
 
 

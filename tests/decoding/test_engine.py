@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from tests.decoding_helpers import OracleDrafter
+from tests.decoding.helpers import OracleDrafter
 from vsd.decoding.engine import generate_ar, generate_spec, keep_cache_rows, verify_forward
 from vsd.decoding.ngram import NgramDrafter
 from vsd.decoding.verify import verify_greedy

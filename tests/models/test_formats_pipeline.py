@@ -12,11 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.format_helpers import official_checkpoint, speculators_checkpoint
+from tests.models.format_helpers import official_checkpoint, speculators_checkpoint
 from vsd.config import compose
 from vsd.pipeline import execute
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 BASE = ["experiment=smoke", "threads=1"]  # tiny_random, fp32
 
 

@@ -9,12 +9,14 @@ import math
 import pytest
 import torch
 
-from tests.decoding_helpers import OracleDrafter
+from tests.decoding.helpers import OracleDrafter
+from tests.decoding.tree_reference import NodePool, build_dynamic_tree
 from vsd.config.schema import DecodingConfig
+from vsd.decoding.diagnostics import CALIB_BINS, DraftStats
 from vsd.decoding.drafter import DraftTree
-from vsd.decoding.engine import CALIB_BINS, DraftStats, generate_spec
+from vsd.decoding.engine import generate_spec
 from vsd.decoding.sampling import warp
-from vsd.decoding.tree import NodePool, build_dynamic_tree, grow_greedy, grow_sampled
+from vsd.decoding.tree import grow_greedy, grow_sampled
 from vsd.decoding.tree_attention import node_depths
 
 
@@ -35,7 +37,7 @@ def test_stats_of_a_hand_built_tree():
     assert (depth, ranks) == (2, [0, 1])
     assert s.add(_hand_tree(), []) == (2, [])  # nothing accepted: only the root's children count
     res = type("R", (), {})()
-    s.finish(res)
+    res.calib, res.rank_counts = s.finish()
     calib, rc = res.calib, res.rank_counts
     assert calib.shape == (3, CALIB_BINS, 3) and rc.shape == (3, 2, 2)
     # depth 1 (both steps): A in bin 6 (accepted once), B in bin 3 (never); depth 2 (first step only, A was

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import torch
 
-from vsd.decoding.tree import NodePool, build_dynamic_tree
+from tests.decoding.tree_reference import NodePool, build_dynamic_tree
 from vsd.decoding.tree_attention import node_depths
 
 
@@ -22,7 +22,17 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(n)
 
 
-class OracleDrafter:
+class _HostDrafter:
+    """Test drafters build their trees on the host: no extra nodes, no captured step."""
+
+    def extra_nodes(self, dcfg) -> int:
+        return 0
+
+    def captured_step(self, target_runner, dcfg) -> None:
+        return None
+
+
+class OracleDrafter(_HostDrafter):
     """Drafts with the target itself (no cache, full re-forward per expansion) plus Gaussian noise on
     the logits, so both accepted and rejected branches occur. Only for tiny test models."""
 
@@ -64,7 +74,7 @@ class OracleDrafter:
         return tree
 
 
-class TableDrafter:
+class TableDrafter(_HostDrafter):
     """Draft distribution = a fixed random table indexed by the previous token (small vocabularies)."""
 
     name = "table"

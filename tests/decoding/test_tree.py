@@ -1,18 +1,16 @@
-"""The EAGLE-2 dynamic tree builder (greedy) and the rank-only template used at T>0."""
+"""The EAGLE-2 dynamic tree (greedy) and the rank-only template used at T>0, held to the host reference."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from tests.decoding.tree_reference import NodePool, build_dynamic_tree
 from vsd.config.schema import DecodingConfig
 from vsd.decoding.tree import (
-    NodePool,
-    build_dynamic_tree,
+    TreeShape,
     grow_greedy,
-    max_pool_nodes,
     static_template,
-    tree_budget,
 )
 from vsd.decoding.tree_attention import ancestor_matrix, ancestors_by_hops, node_depths
 
@@ -40,10 +38,12 @@ def test_greedy_tree_keeps_best_cumulative_nodes():
     expand, calls = _expand_fixed(pool)
     tree = build_dynamic_tree(expand, d, None, pool)
     assert tree.size == 8 and len(calls) == 3 and all(len(c) <= 3 for c in calls)
-    assert len(pool.tokens) == max_pool_nodes(d) == 3 + 2 * 9  # the bound static draft buffers are sized by
+    assert (
+        len(pool.tokens) == TreeShape.of(d).pool_nodes == 3 + 2 * 9
+    )  # the bound static draft buffers are sized by
     par = tree.parents.tolist()
     assert all(p < i for i, p in enumerate(par))  # topological
-    kept = tree.pool_index.tolist()
+    kept = pool.kept
     assert [pool.tokens[k] for k in kept] == tree.tokens.tolist()
     worst_kept = min(pool.scores[k] for k in kept)
     assert all(pool.scores[i] <= worst_kept for i in range(len(pool.tokens)) if i not in kept)
@@ -101,10 +101,11 @@ def test_tensor_builder_grows_the_host_builders_tree(mode, depth, k, total):
         seen.append(idx.tolist())
         return torch.stack([_toy_logp(int(tp.depths[i]), int(tp.tokens[i])) for i in idx])
 
-    depth_, k_, total_ = tree_budget(d)
+    depth_, k_, total_ = TreeShape.of(d)
     tree, tp = grow_greedy(_toy_logp(0, 0)[None], expand_level, depth_, k_, total_)
     assert tree.tokens.tolist() == ref.tokens.tolist() and tree.parents.tolist() == ref.parents.tolist()
-    assert tree.pool_index.tolist() == ref.pool_index.tolist() and seen == calls[1:]
+    assert tree.ranks.tolist() == ref.ranks.tolist() and tree.logq.tolist() == ref.logq.tolist()
+    assert seen == calls[1:]
     assert tp.tokens.tolist() == pool.tokens and tp.scores.tolist() == pool.scores
     assert tree.depths.tolist() == node_depths(tree.parents).tolist() and tree.depth_bound == depth_
     assert torch.equal(tree.ancestors, ancestor_matrix(tree.parents))

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tests.test_data_selfdistill import BASE
+from tests.data.test_selfdistill import BASE
 from vsd.config import compose
 from vsd.data.chat import ChatFormat, complete_pairs, conversation_ids, normalize_chat
 from vsd.data.selfdistill import build_selfdistill, load_sequences, selfdistill_desc

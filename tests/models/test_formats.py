@@ -12,13 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.format_helpers import official_checkpoint, official_shapes, speculators_checkpoint
+from tests.models.format_helpers import official_checkpoint, official_shapes, speculators_checkpoint
 from vsd.errors import UserError
 from vsd.export import export
 from vsd.models import formats
 from vsd.models.draft import DraftHead, build_head
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

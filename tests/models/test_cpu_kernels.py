@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from tests.decoding_helpers import OracleDrafter
+from tests.decoding.helpers import OracleDrafter
 from vsd.decoding.engine import generate_ar, generate_spec
 from vsd.models.cpu_kernels import LOSSLESS, choose_kernel, step_ms, with_kernel
 

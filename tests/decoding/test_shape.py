@@ -9,9 +9,10 @@ import json
 import pytest
 import torch
 
-from tests.decoding_helpers import one_thread
+from tests.decoding.helpers import one_thread
 from vsd.config import compose
 from vsd.data.vocab import build_vocab
+from vsd.decoding import shape_measure as autoshape
 from vsd.decoding.eagle import EagleDrafter
 from vsd.decoding.shape import (
     AcceptanceTable,
@@ -22,7 +23,7 @@ from vsd.decoding.shape import (
     predict_tau,
 )
 from vsd.decoding.tree import static_template
-from vsd.evaluation import autoshape
+from vsd.evaluation.metrics import shape_metrics
 from vsd.models.draft import build_head
 from vsd.models.target import load_target
 
@@ -157,7 +158,7 @@ def test_measured_auto_shape_on_the_tiny_model(tiny_drafter, tmp_path, monkeypat
         autoshape.resolve_shape(
             target, drafter, dataclasses.replace(dcfg, shape_remeasure=True), tmp_path, log=lambda *_: None
         )
-    metrics = autoshape.shape_metrics(info)
+    metrics = shape_metrics(info)
     assert metrics["eval/shape_nodes"] == info["nodes"] and "eval/shape_pred_bound" in metrics
 
 
@@ -166,7 +167,7 @@ def test_fixed_shape_and_drafters_without_a_model(tiny_drafter):
     fixed = dataclasses.replace(cfg.decoding, shape="fixed")  # the default tree is auto
     d, info = autoshape.resolve_shape(target, drafter, fixed, None)
     assert d is fixed and info == {"mode": "fixed", "depth": 5, "top_k": 8, "nodes": 32}
-    assert "eval/shape_pred_tau" not in autoshape.shape_metrics(info)
+    assert "eval/shape_pred_tau" not in shape_metrics(info)
     from vsd.decoding.ngram import NgramDrafter
 
     auto = dataclasses.replace(cfg.decoding, shape="auto")

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from tests.decoding_helpers import one_thread
+from tests.decoding.helpers import one_thread
 from vsd.config import compose
 from vsd.data.vocab import build_vocab
 from vsd.decoding.draft_runner import EagerDraftRunner, GraphDraftRunner

@@ -1,4 +1,4 @@
-"""``decoding.shape=auto`` for the eval stage: measure (or load) this device's costs and the draft's acceptance,
+"""``decoding.shape=auto``, beside the model (:mod:`vsd.decoding.shape`): measure (or load) this device's costs and the draft's acceptance,
 then pick the tree shape with the best predicted bound (the model itself: :mod:`vsd.decoding.shape`).
 
 Measurement (well under a minute on a 2-core CPU for the default draft):
@@ -7,7 +7,8 @@ Measurement (well under a minute on a 2-core CPU for the default draft):
   tokens each, with a generous tree (depth ``shape_max_depth``, top-k ``shape_max_top_k``,
   ``shape_max_nodes`` nodes) at the configured temperature; the per (depth, rank) counts of every run are
   summed into an :class:`~vsd.decoding.shape.AcceptanceTable`;
-- costs: :func:`vsd.evaluation.costs.measure_shape_costs` on the first of those prompts.
+- costs: :func:`measure_shape_costs` on the first of those prompts (through the engine's target runner and the
+  drafter's own draft runners).
 
 Both are cached as JSON in ``<paths.cache_dir>/shapes/``, keyed by the device (CPU model or GPU name and the
 torch thread count), the target (name, dtype), the draft (sha256 of its weights, decoding dtype), the capture
@@ -21,13 +22,17 @@ import dataclasses
 import hashlib
 import json
 import math
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vsd.config.schema import DecodingConfig, EvalConfig
+from vsd.decoding.drafter import DraftTree
+from vsd.decoding.runner import make_runner
 from vsd.decoding.shape import (
     TOP_KS,
     AcceptanceTable,
@@ -37,9 +42,126 @@ from vsd.decoding.shape import (
     choose_shape,
     describe,
 )
-from vsd.evaluation.costs import VERIFY_NODES, measure_shape_costs
+from vsd.decoding.tree import TreeShape, grow_greedy
+from vsd.runtime import synchronize
 
 CACHE_VERSION = 2  # bump when the engine's costs or the measurement change (stale caches are then ignored)
+VERIFY_NODES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # tree sizes c_verify is measured at for shape=auto
+
+
+def verify_tree_size(dcfg: DecodingConfig) -> int:
+    """Draft nodes verified per step at the configured size (root excluded)."""
+    return TreeShape.of(dcfg).nodes
+
+
+def representative_tree(dcfg: DecodingConfig, vocab_size: int, n: int | None = None):
+    """A DraftTree of the configured size (or ``n`` nodes) and shape class: a chain, or ``top_k`` branches
+    (4D-mask path)."""
+    n = verify_tree_size(dcfg) if n is None else n
+    tokens = torch.arange(n, dtype=torch.long) % vocab_size
+    shape = TreeShape.of(dcfg)
+    if shape.top_k == 1:
+        return DraftTree.chain(tokens.tolist())
+    k = min(shape.top_k, n)
+    parents = torch.tensor([i - k if i >= k else -1 for i in range(n)], dtype=torch.long)
+    return DraftTree(tokens, parents)
+
+
+def _timed(fn: Callable[[], Any], device) -> tuple[float, Any]:
+    synchronize(device)
+    t0 = time.perf_counter()
+    out = fn()
+    synchronize(device)
+    return time.perf_counter() - t0, out
+
+
+@torch.no_grad()
+def measure_shape_costs(
+    target,
+    drafter,
+    prompt_ids: list[int],
+    dcfg: DecodingConfig,
+    max_depth: int,
+    top_ks: list[int],
+    nodes: list[int],
+    repeats: int = 5,
+    commit_rows: int = 3,
+):
+    """The :class:`vsd.decoding.shape.CostProfile` of this device for ``decoding.shape=auto``, on top of the
+    KV caches of ``prompt_ids``, through the engine's own target runner and the drafter's own draft runners.
+
+    Per repeat, interleaved: a 1-token target step and a verify step over root + n nodes for every n in
+    ``nodes``; then for every k in ``top_ks``, right after a target step (as in decoding, where the target's
+    weights have just streamed through the caches): the draft's commit of ``commit_rows`` entries and
+    ``max_depth - 1`` tree levels of k rows, each call timed. Every step is rolled back afterwards. Medians
+    over ``repeats``, in units of the 1-token step's median. Needs an :class:`EagleDrafter`-like drafter
+    (``runner`` with ``commit`` / ``expand_level`` / ``rewind``).
+    """
+    import dataclasses
+
+    dev = target.device
+    runner = make_runner(target, dcfg)
+    out = runner.prefill(list(prompt_ids), True)
+    feats = out.features[0]
+    root = int(prompt_ids[-1])
+    trees = {n: representative_tree(dcfg, target.vocab_size, n) for n in nodes}
+    draft_runs = {}
+    for k in top_ks:  # one draft runner per width, as decoding builds them; the prompt committed once
+        probe = dataclasses.replace(
+            dcfg, mode="tree", depth=max_depth, top_k=k, total_tokens=k, temperature=0.0
+        )
+        drafter.reset(list(prompt_ids), feats)
+        drafter.propose(root, probe)
+        draft_runs[k] = drafter.runner
+    commit_rows = min(commit_rows, len(prompt_ids))
+    tail = feats[-commit_rows:]
+    ids = [int(t) for t in prompt_ids[-commit_rows + 1 :]] + [root]
+
+    def step(tree) -> None:
+        rows = 1 if tree is None else tree.size + 1
+        runner.step(root, tree, False, rows=rows)
+        runner.keep([])
+
+    def draft(k: int) -> list[float]:
+        run, times = draft_runs[k], []
+        start = run.length
+        t, logp = _timed(lambda: run.commit(tail, ids), dev)
+        times.append(t)
+
+        def expand(idx, d, pool):
+            t, lp = _timed(lambda: run.expand_level(idx, d, pool), dev)
+            times.append(t)
+            return lp
+
+        grow_greedy(logp, expand, max_depth, k, k, run.token_map)
+        run.rewind(start)
+        return times
+
+    step(None)  # warm-up: every shape once
+    for n in nodes:
+        step(trees[n])
+    for k in top_ks:
+        draft(k)
+    t1s: list[float] = []
+    tv: dict[int, list[float]] = {n: [] for n in nodes}
+    td: dict[int, list[list[float]]] = {k: [] for k in top_ks}
+    for _ in range(repeats):
+        for n in nodes:
+            t1s.append(_timed(lambda: step(None), dev)[0])
+            tv[n].append(_timed(lambda n=n: step(trees[n]), dev)[0])
+        for k in top_ks:
+            step(None)
+            td[k].append(draft(k))
+    t1 = statistics.median(t1s)
+    commit = statistics.median(t[0] for k in top_ks for t in td[k])
+    levels = {k: [statistics.median(t[d] for t in td[k]) / t1 for d in range(1, max_depth)] for k in top_ks}
+    return CostProfile(
+        t1_s=t1,
+        verify_nodes=list(nodes),
+        c_verify=[statistics.median(tv[n]) / t1 for n in nodes],
+        c_commit=commit / t1,
+        c_level=levels,
+    )
 
 
 def device_name(device: torch.device) -> str:
@@ -215,17 +337,3 @@ def apply_shape(dcfg: DecodingConfig, shape: Shape) -> DecodingConfig:
     if dcfg.mode == "chain":
         return dataclasses.replace(dcfg, depth=shape.depth, total_tokens=shape.depth)
     return dataclasses.replace(dcfg, depth=shape.depth, top_k=shape.top_k, total_tokens=shape.total)
-
-
-def shape_metrics(info: dict[str, Any]) -> dict[str, float]:
-    """``eval/shape_depth``, ``eval/shape_top_k``, ``eval/shape_nodes`` and, for ``auto``,
-    ``eval/shape_pred_tau`` and ``eval/shape_pred_bound``."""
-    out = {
-        "eval/shape_depth": float(info["depth"]),
-        "eval/shape_top_k": float(info["top_k"]),
-        "eval/shape_nodes": float(info["nodes"]),
-    }
-    if info.get("mode") == "auto":
-        out["eval/shape_pred_tau"] = float(info["pred_tau"])
-        out["eval/shape_pred_bound"] = float(info["pred_bound"])
-    return out

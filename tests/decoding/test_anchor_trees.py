@@ -1,4 +1,4 @@
-"""Batched anchor trees (vsd.models.tree_draft) equal the trees the decoding drafter builds one at a time."""
+"""Batched anchor trees (vsd.decoding.anchor_trees) equal the trees the decoding drafter builds one at a time."""
 
 import dataclasses
 
@@ -7,10 +7,10 @@ import torch
 
 from vsd.config import compose
 from vsd.data.vocab import build_vocab
+from vsd.decoding.anchor_trees import accepted_by_reference, grow_anchor_trees
 from vsd.decoding.eagle import EagleDrafter
 from vsd.models.draft import build_head
 from vsd.models.target import load_target
-from vsd.models.tree_draft import accepted_by_reference, grow_anchor_trees
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from tests.decoding_helpers import one_thread
+from tests.decoding.helpers import one_thread
 from vsd.config import compose
 from vsd.decoding.engine import generate_ar, generate_spec
 from vsd.decoding.ngram import NgramDrafter

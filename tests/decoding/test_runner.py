@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from tests.decoding_helpers import OracleDrafter
+from tests.decoding.helpers import OracleDrafter
 from vsd.decoding.engine import generate_ar, generate_spec
 from vsd.decoding.runner import DynamicRunner, GraphRunner, make_runner
 from vsd.decoding.tree_attention import node_depths

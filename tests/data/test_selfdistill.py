@@ -13,7 +13,7 @@ from vsd.data.sources import TINY_PROMPTS
 N = 6  # prompts -> 3 shards of batch 2
 
 
-BASE = [  # the tiny self-distillation set-up these tests and tests/test_data_turns.py share
+BASE = [  # the tiny self-distillation set-up these tests and tests/data/test_turns.py share
     "model=tiny_random",
     "dataset=tiny",
     "dataset.source=tiny",

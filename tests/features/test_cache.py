@@ -106,7 +106,7 @@ def test_corrupt_shard_detected(tiny_target, dataset_dir, tmp_path, small_shards
 
 
 def test_online_equals_cache(tiny_target, dataset_dir, tmp_path):
-    """Online items are the cache's ids and masks; their features come per batch (tests/test_features_online.py)."""
+    """Online items are the cache's ids and masks; their features come per batch (tests/features/test_online.py)."""
     d, _ = build_features(tiny_target, dataset_dir, tmp_path / "cache", progress=False)
     cached, online = CachedFeatures(d), OnlineFeatures(tiny_target, dataset_dir)
     assert len(cached) == len(online)

@@ -1,6 +1,6 @@
 """The captured speculative step (vsd/decoding/captured_step.py; CUDA graphs on a GPU, run eagerly here): at T=0
 it takes exactly the per-call path's steps, so its output equals plain AR; its diagnostics equal the per-call
-path's; at T>0 it keeps the target's distribution (tests/test_decoding_sampling.py); it is used only where it
+path's; at T>0 it keeps the target's distribution (tests/decoding/test_sampling.py); it is used only where it
 applies."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import dataclasses
 import pytest
 import torch
 
-from tests.decoding_helpers import one_thread
-from tests.test_tree_draft import setup, trained  # noqa: F401 (module fixtures: a briefly trained tiny draft)
+from tests.decoding.helpers import one_thread
+from tests.decoding.test_anchor_trees import setup, trained  # noqa: F401 (module fixtures: a briefly trained tiny draft)
 from vsd.config.schema import DecodingConfig
 from vsd.decoding.captured_step import CapturedStep
 from vsd.decoding.eagle import EagleDrafter
