@@ -27,6 +27,7 @@ from transformers.models.llama.modeling_llama import LlamaRMSNorm, LlamaRotaryEm
 
 from vsd.errors import UserError
 from vsd.files import sha256_file
+from vsd.models.attention import packed_sdpa
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -290,11 +291,9 @@ def _causal_mask(q_len: int, kv_len: int, device, dtype, key_padding: torch.Tens
 def _dense_attention(q, k, v, attn_mask: torch.Tensor | None) -> torch.Tensor:
     """q (B,nh,Tq,hd), k/v (B,nkv,Tk,hd). ``attn_mask``: additive 4D, or (B,Tk) bool key padding, or None
     (causal, queries being the last Tq of the Tk positions)."""
-    rep = q.shape[1] // k.shape[1]
-    k, v = _repeat_kv(k, rep), _repeat_kv(v, rep)
     if attn_mask is None or attn_mask.dim() == 2:
         attn_mask = _causal_mask(q.shape[2], k.shape[2], q.device, q.dtype, attn_mask)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype))
+    return packed_sdpa(q, k, v, attn_mask.to(q.dtype))  # KV heads read in place (vsd/models/attention.py)
 
 
 def _ttt_attention(q, k, v, cache: TTTCache, layer: int, key_padding: torch.Tensor | None) -> torch.Tensor:

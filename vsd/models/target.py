@@ -21,6 +21,7 @@ from filelock import FileLock
 from vsd.config.schema import ModelConfig
 from vsd.errors import UserError
 from vsd.files import package_file, sha256_file
+from vsd.models.attention import use_packed_attention
 from vsd.runtime import resolve_dtype
 
 GGUF_CONVERSION_VERSION = 1  # bump when the conversion below changes: invalidates cached copies
@@ -164,6 +165,7 @@ def load_target(mcfg: ModelConfig, cache_dir: str | os.PathLike, device: str, dt
         )
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
+    use_packed_attention(model)  # a verify's queries read the KV cache in place (vsd/models/attention.py)
     return Target(model, tok, mcfg.name, mcfg.draft.feature_layers)
 
 
