@@ -2,7 +2,7 @@
 `python run.py ...`, several at once, under a deadline so one GPU call of 10 minutes makes progress and the
 next continues.
 
-  python scripts/run_strong.py --gpu --jobs 12 --deadline-s 520    # one GPU under CUDA MPS; rerun to continue
+  python scripts/run_strong.py --gpu --jobs 9 --deadline-s 520     # one H100 under CUDA MPS (12 ran out of its 80 GB); rerun to continue
   python scripts/run_strong.py --tiny --jobs 2                      # a rehearsal on the tiny random model
 
 Phases (each call runs the ones given, in order):
