@@ -277,6 +277,33 @@ def test_an_interrupted_eval_resumes_where_it_stopped(tmp_path, monkeypatch):
     assert resumed["eval/tau"] == straight["eval/tau"]
     run = json.loads((tmp_path / "resumed" / "run.json").read_text())
     assert run["status"] == "completed" and run["eval_info"]["resumed_turns"] == 4
+    first = json.loads((tmp_path / "resumed" / "target_kernel.json").read_text())
+    assert run["target_kernel"]["kernel"] == first["kernel"] and run["target_kernel"]["reused_from"]
+
+
+@pytest.mark.parametrize("tries, reused", [([1], True), ([2, 1], False)])
+def test_a_resumed_eval_keeps_the_first_attempts_kernel_choice(tmp_path, tries, reused):
+    """eval.target_kernel=auto times near-equal kernels; a rerun into the same run dir keeps the first attempt's
+    choice (a flip would change the eval key and decode every finished turn again: seen once in CI), unless it
+    was measured over other thread counts."""
+    records = [{"id": "a", "turns": ["Say hi."]}]
+    dcfg = _file_suite_config(tmp_path, records, "eval.ar_baseline=false", "eval.peers=[]")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "target_kernel.json").write_text(
+        json.dumps({"kernel": "fp16_weights", "threads": 1, "mode": "auto", "tries": tries, "timings": []})
+    )
+    threads = torch.get_num_threads()
+    try:
+        execute(dcfg, run_dir)
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads((run_dir / "run.json").read_text())["target_kernel"]
+    assert ("reused_from" in report) == reused and report["mode"] == "auto"
+    if reused:
+        assert report["kernel"] == "fp16_weights"
+    else:
+        assert len(report["timings"]) == 2  # measured again: both lossless kernels at threads=1
 
 
 def test_rows_of_other_settings_are_not_reused(tmp_path):

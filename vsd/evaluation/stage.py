@@ -43,6 +43,27 @@ def draft_path(ctx) -> Path | None:
     return path
 
 
+KERNEL_CHOICE = "target_kernel.json"  # in the run dir: eval.target_kernel=auto's measured choice
+
+
+def _earlier_kernel_choice(ctx, tries: list[int]) -> dict[str, Any] | None:
+    """The kernel an earlier attempt of this run measured under ``eval.target_kernel=auto`` with the same
+    thread counts to try, or None (not auto, not resumed, or another machine's choice)."""
+    import json
+
+    path = Path(ctx.run_dir) / KERNEL_CHOICE
+    if ctx.cfg.eval.target_kernel != "auto" or ctx.target.device.type != "cpu" or not path.is_file():
+        return None
+    try:
+        earlier = json.loads(path.read_text())
+    except ValueError:
+        return None  # torn by an interrupted write: measure again
+    ok = isinstance(earlier, dict) and earlier.get("tries") == tries and "threads" in earlier
+    from vsd.models.cpu_kernels import LOSSLESS
+
+    return earlier if ok and earlier.get("kernel") in LOSSLESS else None
+
+
 def decode_target(ctx) -> Any:
     """The target every decoding method of this eval uses: ``ctx.target`` with the kernels
     ``eval.target_kernel`` picks for this machine (vsd/models/cpu_kernels.py), chosen once per run."""
@@ -55,7 +76,18 @@ def decode_target(ctx) -> Any:
         cfg = ctx.cfg
         n = cfg.threads or usable_cpus()  # an explicit `threads` is kept; else fewer threads are tried too
         tries = [n] if cfg.threads else sorted({n, max(1, n // 2)}, reverse=True)
-        target, report = choose_kernel(ctx.target, cfg.eval.target_kernel, tries)
+        earlier = _earlier_kernel_choice(ctx, tries)
+        if earlier is not None:
+            # A resumed attempt keeps the first attempt's measured choice: a fresh timing can flip between
+            # near-equal kernels, which would change the eval key and decode every finished turn again.
+            target, report = choose_kernel(ctx.target, earlier["kernel"], [earlier["threads"]])
+            report.update(mode=cfg.eval.target_kernel, reused_from=KERNEL_CHOICE, timings=earlier.get("timings"))
+        else:
+            target, report = choose_kernel(ctx.target, cfg.eval.target_kernel, tries)
+            if target.device.type == "cpu" and cfg.eval.target_kernel == "auto":
+                from vsd.records import atomic_write_json
+
+                atomic_write_json(Path(ctx.run_dir) / KERNEL_CHOICE, {**report, "tries": tries})
         ctx.record.update(target_kernel=report)
         if not report.get("lossless", True):
             print(
