@@ -81,7 +81,9 @@ def decode_target(ctx) -> Any:
             # A resumed attempt keeps the first attempt's measured choice: a fresh timing can flip between
             # near-equal kernels, which would change the eval key and decode every finished turn again.
             target, report = choose_kernel(ctx.target, earlier["kernel"], [earlier["threads"]])
-            report.update(mode=cfg.eval.target_kernel, reused_from=KERNEL_CHOICE, timings=earlier.get("timings"))
+            report.update(
+                mode=cfg.eval.target_kernel, reused_from=KERNEL_CHOICE, timings=earlier.get("timings")
+            )
         else:
             target, report = choose_kernel(ctx.target, cfg.eval.target_kernel, tries)
             if target.device.type == "cpu" and cfg.eval.target_kernel == "auto":
