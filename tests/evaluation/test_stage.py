@@ -239,7 +239,11 @@ def test_an_interrupted_eval_resumes_where_it_stopped(tmp_path, monkeypatch):
         {"id": "b", "turns": ["Count to five."]},
         {"id": "c", "turns": ["Name a colour.", "Why that one?"]},
     ]
-    dcfg = _file_suite_config(tmp_path, records, "decoding.temperature=1.0", "eval.peers=[]")
+    # dense pinned: the straight and the resumed run are separate runs, and auto may time near-equal kernels
+    # apart (T=1 draws then differ); a resumed run's own kernel choice is the next test's
+    dcfg = _file_suite_config(
+        tmp_path, records, "decoding.temperature=1.0", "eval.peers=[]", "eval.target_kernel=dense"
+    )
     threads = torch.get_num_threads()
     calls = []
     real_turn = EvalRunner.run_turn
@@ -277,8 +281,6 @@ def test_an_interrupted_eval_resumes_where_it_stopped(tmp_path, monkeypatch):
     assert resumed["eval/tau"] == straight["eval/tau"]
     run = json.loads((tmp_path / "resumed" / "run.json").read_text())
     assert run["status"] == "completed" and run["eval_info"]["resumed_turns"] == 4
-    first = json.loads((tmp_path / "resumed" / "target_kernel.json").read_text())
-    assert run["target_kernel"]["kernel"] == first["kernel"] and run["target_kernel"]["reused_from"]
 
 
 @pytest.mark.parametrize("tries, reused", [([1], True), ([2, 1], False)])
