@@ -50,13 +50,17 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# The whole suite, slow tests included (~15 min on 2 idle cores; CI's limit is 90): real target, real Slurm,
-# torchrun, a tiny real sweep through the analysis. `make test-fast` skips the tests marked slow (~2 min).
+# The whole suite, slow tests included (CI's limit is 90 min; times in docs/testing.md): real target, real
+# Slurm, torchrun, a tiny real sweep through the analysis. `make test-fast` skips the tests marked slow.
+# pytest-xdist runs one worker per usable core (at most 4: each loads the real target); by file, so a
+# module's session fixtures (the real sweep) are built once. TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= auto
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile)
 test: $(STAMP) lock-check lint
-	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(STAMP) lock-check lint
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 figures: $(STAMP)
 	$(PY) -m vsd.analysis.make_figures --runs $(RUNS) --out $(or $(OUT),analysis/figures)
