@@ -159,7 +159,7 @@ class CapturedStep:
         )
         logits = out.logits[0]
         if self.sampled:
-            acc, nxt = accept_sampled(t, logits, self.dcfg, self.plan, self.draws)
+            acc, nxt = accept_sampled(t, logits, self.dcfg, self.plan.kids, self.plan.level_kmax, self.draws)
         else:
             acc, nxt = accept_greedy(t, logits)
         count = acc.sum().reshape(1)
