@@ -39,7 +39,6 @@ from vsd.decoding.engine import generate_ar, generate_spec  # noqa: E402
 from vsd.decoding.lookup_branch import LookupBranchDrafter  # noqa: E402
 from vsd.decoding.shape import choose_shape, predict_tau  # noqa: E402
 from vsd.decoding.shape_measure import (  # noqa: E402
-    apply_shape,
     auto_candidates,
     device_name,
     load_or_measure,
@@ -218,7 +217,7 @@ def main() -> None:
         pred[label] = (tau, tau / (costs.verify(d.total_tokens) + costs.draft(d.depth, d.top_k)))
     if not args.no_auto:
         label = f"auto: {best.depth}x{best.top_k}x{best.total}"
-        dcfgs[label] = apply_shape(base, best)
+        dcfgs[label] = best.tree.config(base)
         pred[label] = (best.pred_tau, best.pred_bound)
         if args.auto_branch:
             dcfgs[f"{label}+{args.auto_branch}"] = dataclasses.replace(

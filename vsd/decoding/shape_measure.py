@@ -25,6 +25,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -302,23 +303,40 @@ def auto_candidates(dcfg: DecodingConfig) -> list[Shape]:
     )
 
 
+@dataclass(frozen=True)
+class ShapeChoice:
+    """``decoding.shape`` resolved once: the tree ``shape`` the speculative run drafts and its ``report`` (what
+    run.json records under ``shape`` and the ``eval/shape_*`` metrics read). The HF peers keep the configured
+    settings (their knobs, e.g. prompt lookup's depth, are not this drafter's tree)."""
+
+    shape: TreeShape
+    report: dict[str, Any]
+
+    def decoding(self, dcfg: DecodingConfig) -> DecodingConfig:
+        """The speculative run's settings: ``dcfg`` itself for a fixed shape, else ``dcfg`` drafting the chosen
+        one."""
+        return self.shape.config(dcfg) if self.report["mode"] == "auto" else dcfg
+
+
 def resolve_shape(
     target, drafter, dcfg: DecodingConfig, cache_dir: str | Path | None, log=print
-) -> tuple[DecodingConfig, dict[str, Any]]:
-    """``decoding.shape=fixed``: (dcfg, info on the configured shape). ``auto``: (dcfg with the chosen depth,
-    top_k and total_tokens, info with the predicted tau and bound and the measurement). ``info`` is what
-    run.json records under ``shape``."""
+) -> ShapeChoice:
+    """``decoding.shape=fixed``: the configured shape, reported as such. ``auto``: the measured best, reported
+    with its predicted tau and bound and the measurement. A drafter without a draft model keeps the configured
+    shape."""
     fixed = {"mode": "fixed", "depth": dcfg.depth, "top_k": dcfg.top_k, "nodes": dcfg.total_tokens}
     if dcfg.shape == "fixed":
-        return dcfg, fixed
+        return ShapeChoice(TreeShape.of(dcfg), fixed)
     if getattr(drafter, "head", None) is None:
         log(f"[vsd] decoding.shape=auto needs a model drafter; {dcfg.drafter} keeps the configured shape")
-        return dcfg, {**fixed, "auto_skipped": f"drafter {dcfg.drafter} has no draft model"}
+        return ShapeChoice(
+            TreeShape.of(dcfg), {**fixed, "auto_skipped": f"drafter {dcfg.drafter} has no draft model"}
+        )
     drafter = getattr(drafter, "inner", drafter)  # measure the model's own trees, without a lookup branch
     table, costs, seconds, path = load_or_measure(target, drafter, dcfg, cache_dir, log)
     best, _ = choose_shape(table, costs, dcfg.temperature, auto_candidates(dcfg))
     log(f"[vsd] decoding.shape=auto: {describe(best)} (measured in {seconds:.0f} s; cache {path})")
-    info = {
+    report = {
         "mode": "auto",
         "depth": best.depth,
         "top_k": best.top_k,
@@ -330,10 +348,4 @@ def resolve_shape(
         "cache": str(path) if path else None,
         "key": cache_key(target, drafter, dcfg),
     }
-    return apply_shape(dcfg, best), info
-
-
-def apply_shape(dcfg: DecodingConfig, shape: Shape) -> DecodingConfig:
-    if dcfg.mode == "chain":
-        return dataclasses.replace(dcfg, depth=shape.depth, total_tokens=shape.depth)
-    return dataclasses.replace(dcfg, depth=shape.depth, top_k=shape.top_k, total_tokens=shape.total)
+    return ShapeChoice(TreeShape.of(best.tree.config(dcfg)), report)
