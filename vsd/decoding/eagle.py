@@ -96,6 +96,16 @@ class EagleDrafter:
     def extra_nodes(self, dcfg: DecodingConfig) -> int:
         return 0
 
+    def draft_runner(
+        self, prompt_ids: list[int], prompt_features: torch.Tensor, dcfg: DecodingConfig
+    ) -> EagerDraftRunner | GraphDraftRunner:
+        """The draft runner decoding with ``dcfg`` uses, holding the prompt as after the first ``propose`` (the
+        prompt, then its last token as the root, committed; the tree dropped): what the cost measurement of
+        ``decoding.shape=auto`` times (:meth:`~vsd.decoding.draft_runner.EagerDraftRunner.timed_draft`)."""
+        self.reset(prompt_ids, prompt_features)
+        self.propose(int(prompt_ids[-1]), dcfg)
+        return self.runner
+
     def captured_step(self, target_runner, dcfg: DecodingConfig) -> CapturedStep | None:
         """The whole speculative step as captured graphs (:mod:`vsd.decoding.captured_step`) when
         ``decoding.captured_step`` is on, both runners are static-shape (``capture`` != none) and the tree has no

@@ -43,7 +43,7 @@ from vsd.decoding.shape import (
     choose_shape,
     describe,
 )
-from vsd.decoding.tree import TreeShape, grow_greedy
+from vsd.decoding.tree import TreeShape
 from vsd.runtime import synchronize
 
 CACHE_VERSION = 2  # bump when the engine's costs or the measurement change (stale caches are then ignored)
@@ -95,8 +95,8 @@ def measure_shape_costs(
     ``nodes``; then for every k in ``top_ks``, right after a target step (as in decoding, where the target's
     weights have just streamed through the caches): the draft's commit of ``commit_rows`` entries and
     ``max_depth - 1`` tree levels of k rows, each call timed. Every step is rolled back afterwards. Medians
-    over ``repeats``, in units of the 1-token step's median. Needs an :class:`EagleDrafter`-like drafter
-    (``runner`` with ``commit`` / ``expand_level`` / ``rewind``).
+    over ``repeats``, in units of the 1-token step's median. Needs a model drafter: its ``draft_runner`` and
+    the runner's ``timed_draft`` (vsd.decoding.draft_runner).
     """
     import dataclasses
 
@@ -111,9 +111,7 @@ def measure_shape_costs(
         probe = dataclasses.replace(
             dcfg, mode="tree", depth=max_depth, top_k=k, total_tokens=k, temperature=0.0
         )
-        drafter.reset(list(prompt_ids), feats)
-        drafter.propose(root, probe)
-        draft_runs[k] = drafter.runner
+        draft_runs[k] = drafter.draft_runner(list(prompt_ids), feats, probe)
     commit_rows = min(commit_rows, len(prompt_ids))
     tail = feats[-commit_rows:]
     ids = [int(t) for t in prompt_ids[-commit_rows + 1 :]] + [root]
@@ -124,19 +122,7 @@ def measure_shape_costs(
         runner.keep([])
 
     def draft(k: int) -> list[float]:
-        run, times = draft_runs[k], []
-        start = run.length
-        t, logp = _timed(lambda: run.commit(tail, ids), dev)
-        times.append(t)
-
-        def expand(idx, d, pool):
-            t, lp = _timed(lambda: run.expand_level(idx, d, pool), dev)
-            times.append(t)
-            return lp
-
-        grow_greedy(logp, expand, max_depth, k, k, run.token_map)
-        run.rewind(start)
-        return times
+        return draft_runs[k].timed_draft(tail, ids, max_depth, k, lambda fn: _timed(fn, dev))
 
     step(None)  # warm-up: every shape once
     for n in nodes:
