@@ -45,7 +45,7 @@ from vsd.decoding.shape_measure import (  # noqa: E402
 )
 from vsd.evaluation.costs import cost_metrics, measure_forward_costs  # noqa: E402
 from vsd.evaluation.metrics import compute_metrics  # noqa: E402
-from vsd.evaluation.runner import hf_generate  # noqa: E402
+from vsd.evaluation.turns import hf_generate  # noqa: E402
 from vsd.files import package_file  # noqa: E402
 from vsd.models.target import load_target  # noqa: E402
 

@@ -23,7 +23,7 @@ from vsd.config.schema import DecodingConfig
 from vsd.decoding.captured_step import CapturedStep
 from vsd.decoding.draft_runner import EagerDraftRunner, GraphDraftRunner
 from vsd.decoding.drafter import DraftTree
-from vsd.decoding.runner import Backend, GraphRunner
+from vsd.decoding.target_runner import Backend, GraphRunner
 from vsd.decoding.tree import TreeShape, grow_sampled
 from vsd.models.draft import DraftHead
 from vsd.runtime import resolve_dtype

@@ -33,7 +33,6 @@ import torch
 
 from vsd.config.schema import DecodingConfig, EvalConfig
 from vsd.decoding.drafter import DraftTree
-from vsd.decoding.runner import make_runner
 from vsd.decoding.shape import (
     TOP_KS,
     AcceptanceTable,
@@ -43,6 +42,7 @@ from vsd.decoding.shape import (
     choose_shape,
     describe,
 )
+from vsd.decoding.target_runner import make_runner
 from vsd.decoding.tree import TreeShape
 from vsd.runtime import synchronize
 

@@ -14,7 +14,7 @@ from vsd.decoding.shape_measure import ShapeChoice, resolve_shape
 from vsd.errors import UserError
 from vsd.evaluation.costs import cost_metrics, measure_forward_costs
 from vsd.evaluation.metrics import compute_metrics, shape_metrics
-from vsd.evaluation.runner import EvalRunner
+from vsd.evaluation.turns import TurnDecoder
 
 
 def draft_path(ctx) -> Path | None:
@@ -229,13 +229,13 @@ def run(ctx) -> dict[str, float]:
     done = resumable_rows(out, key)  # a resumed run keeps the turns an interrupted attempt finished
     if done:
         print(f"[vsd] eval: resuming: {len(done)} turns from an earlier attempt of this eval", flush=True)
-    runner = EvalRunner(target, drafter, cfg.decoding, cfg.eval, out, shape=choice, row_key=key)
+    turns = TurnDecoder(target, drafter, cfg.decoding, cfg.eval, out, shape=choice, row_key=key)
     print(
         f"[vsd] eval: {len(records)} prompts ({cfg.eval.suite}, split={cfg.eval.split}), "
         f"drafter={cfg.decoding.drafter}, mode={cfg.decoding.mode}, T={cfg.decoding.temperature}",
         flush=True,
     )
-    rows = runner.run(records, done=done)
+    rows = turns.run(records, done=done)
     metrics = compute_metrics(
         rows
     )  # counts turns skipped as too long for the context (eval/skipped_too_long)
@@ -258,7 +258,7 @@ def run(ctx) -> dict[str, float]:
             f"[vsd] eval: Spec-Bench answers: {', '.join(answers.values()) or 'none (no decoded turn)'}",
             flush=True,
         )
-    costs = measure_forward_costs(target, runner.first_fitting_prompt(records), dcfg)
+    costs = measure_forward_costs(target, turns.first_fitting_prompt(records), dcfg)
     metrics.update(cost_metrics(costs, decoded, dcfg, metrics["eval/tau"]))
     metrics.update(shape_metrics(choice.report))
     ctx.record.update(

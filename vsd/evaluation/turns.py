@@ -46,7 +46,7 @@ from vsd.errors import UserError
 from vsd.records import append_jsonl
 from vsd.runtime import synchronize
 
-if TYPE_CHECKING:  # the measurement pulls the decoding engine; the runner imports it per method
+if TYPE_CHECKING:  # the measurement pulls the decoding engine; this module imports it per method
     from vsd.decoding.shape_measure import ShapeChoice
 
 
@@ -180,7 +180,7 @@ def context_limit(target, dcfg: DecodingConfig) -> tuple[int | None, str]:
     """The most positions one generation may use, and the key it comes from (None: no known limit)."""
     limit = getattr(target.config, "max_position_embeddings", None)
     source = "the target's max_position_embeddings"
-    from vsd.decoding.runner import Backend
+    from vsd.decoding.target_runner import Backend
 
     if Backend.of(dcfg, target.device).static and (limit is None or dcfg.max_len < limit):
         limit, source = dcfg.max_len, "decoding.max_len"
@@ -199,7 +199,7 @@ def too_long(n_prompt: int, target, dcfg: DecodingConfig) -> str | None:
     )
 
 
-class EvalRunner:
+class TurnDecoder:
     """Runs AR, speculative and peer decoding per prompt turn and appends rows to ``out_path``."""
 
     def __init__(
