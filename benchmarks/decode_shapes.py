@@ -39,14 +39,13 @@ from vsd.decoding.engine import generate_ar, generate_spec  # noqa: E402
 from vsd.decoding.lookup_branch import LookupBranchDrafter  # noqa: E402
 from vsd.decoding.shape import choose_shape, predict_tau  # noqa: E402
 from vsd.decoding.shape_measure import (  # noqa: E402
-    apply_shape,
     auto_candidates,
     device_name,
     load_or_measure,
 )
 from vsd.evaluation.costs import cost_metrics, measure_forward_costs  # noqa: E402
 from vsd.evaluation.metrics import compute_metrics  # noqa: E402
-from vsd.evaluation.runner import hf_generate  # noqa: E402
+from vsd.evaluation.turns import hf_generate  # noqa: E402
 from vsd.files import package_file  # noqa: E402
 from vsd.models.target import load_target  # noqa: E402
 
@@ -218,7 +217,7 @@ def main() -> None:
         pred[label] = (tau, tau / (costs.verify(d.total_tokens) + costs.draft(d.depth, d.top_k)))
     if not args.no_auto:
         label = f"auto: {best.depth}x{best.top_k}x{best.total}"
-        dcfgs[label] = apply_shape(base, best)
+        dcfgs[label] = best.tree.config(base)
         pred[label] = (best.pred_tau, best.pred_bound)
         if args.auto_branch:
             dcfgs[f"{label}+{args.auto_branch}"] = dataclasses.replace(

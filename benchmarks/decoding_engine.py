@@ -28,7 +28,7 @@ from vsd.config import compose  # noqa: E402
 from vsd.decoding.engine import generate_ar, generate_spec  # noqa: E402
 from vsd.decoding.ngram import NgramDrafter  # noqa: E402
 from vsd.evaluation.costs import measure_forward_costs  # noqa: E402
-from vsd.evaluation.runner import hf_generate  # noqa: E402
+from vsd.evaluation.turns import hf_generate  # noqa: E402
 from vsd.models.target import load_target  # noqa: E402
 
 FALLBACK = [

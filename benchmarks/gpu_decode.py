@@ -197,10 +197,10 @@ def main() -> None:
         dt = "bfloat16" if args.bf16_draft else graphed.draft_dtype
         for t in args.temperatures:
             want = dataclasses.replace(graphed, shape="auto", temperature=t, draft_dtype=dt)
-            chosen, info = resolve_shape(target, drafter_eagle, want, None)
+            choice = resolve_shape(target, drafter_eagle, want, None)
             name = "eagle3_tree_step_auto" + ("" if t == 0 else f"_t{t:g}")
-            rows.append((name, "eagle3", dataclasses.replace(chosen, shape="fixed")))
-            shapes[name] = info
+            rows.append((name, "eagle3", dataclasses.replace(choice.decoding(want), shape="fixed")))
+            shapes[name] = choice.report
     methods = rows
 
     class EagerDraft:

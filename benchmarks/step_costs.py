@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vsd.config import compose  # noqa: E402
-from vsd.decoding.runner import DynamicRunner  # noqa: E402
 from vsd.decoding.shape_measure import representative_tree  # noqa: E402
+from vsd.decoding.target_runner import DynamicRunner  # noqa: E402
 from vsd.models.target import load_target  # noqa: E402
 
 

@@ -166,3 +166,16 @@ def test_validate_multirun_counts_jobs_of_grids_and_optuna_intervals():
     assert validate_multirun(["+sweep=paper_main"]) == 12  # 2 experiments x 3 seeds x 2 temperatures
     # Optuna: experiment fixed, each interval checked at both ends (2 x 2), nothing launched
     assert validate_multirun(["+sweep=paper_tune_eagle3"]) == 4
+
+
+def test_one_default_per_decoding_key():
+    """The default job's decoding settings are the schema's defaults: conf/decoding/tree.yaml restates none
+    with another value (decoding.shape and ngram_branch once differed there)."""
+    from vsd.config.schema import DecodingConfig
+
+    _, cfg = compose([])[0]
+    assert cfg.decoding == DecodingConfig()
+    assert (cfg.decoding.shape, cfg.decoding.ngram_branch) == ("auto", 5)
+    for preset in ("chain", "ngram"):  # the chain presets pin a fixed shape without a branch
+        _, c = compose([f"decoding={preset}"])[0]
+        assert (c.decoding.shape, c.decoding.ngram_branch) == ("fixed", 0)

@@ -10,7 +10,7 @@ import pytest
 from vsd.config.schema import DecodingConfig, EvalConfig, LossConfig
 from vsd.decoding.registry import DRAFTERS
 from vsd.errors import ConfigError
-from vsd.evaluation.runner import PEERS
+from vsd.evaluation.turns import PEERS
 from vsd.losses import LOSSES
 
 

@@ -12,12 +12,13 @@ import torch
 
 from tests.decoding.helpers import one_thread
 from tests.decoding.test_anchor_trees import setup, trained  # noqa: F401 (module fixtures: a briefly trained tiny draft)
+from tests.decoding.tree_reference import walk_sampled
 from vsd.config.schema import DecodingConfig
 from vsd.decoding.captured_step import CapturedStep
 from vsd.decoding.eagle import EagleDrafter
 from vsd.decoding.engine import generate_ar, generate_spec, make_runner
 from vsd.decoding.tree import drop_absent, grow_sampled, template_plan
-from vsd.decoding.verify import accept_sampled, verify_sampled
+from vsd.decoding.verify import accept_sampled
 
 
 def _dcfg(cfg, **kw):
@@ -136,7 +137,7 @@ def test_fixed_sampled_tree_marks_absent_nodes_and_drop_absent_removes_them():
 
 @pytest.mark.parametrize("broken", [False, True])
 def test_fixed_loop_acceptance_has_the_host_walks_law(broken):
-    """accept_sampled (fixed loops, captured) and verify_sampled (the host walk) give the same joint law of
+    """accept_sampled (fixed loops, captured) and walk_sampled (the host walk) give the same joint law of
     (accepted path, next token) on one tree: chi-square on 4000 draws each. The test has power: uniforms
     shrunk by 0.7 (a biased acceptance) fail it."""
     from scipy.stats import chi2_contingency
@@ -156,10 +157,12 @@ def test_fixed_loop_acceptance_has_the_host_walks_law(broken):
         for _ in range(4000):
             if which == 0:
                 u = torch.rand(plan.accept_draws, generator=g)
-                acc, nxt = accept_sampled(tree, logits, d, plan, 0.7 * u if broken else u)
+                acc, nxt = accept_sampled(
+                    tree, logits, d, plan.kids, plan.level_kmax, 0.7 * u if broken else u
+                )
                 key = (tuple(acc.nonzero().flatten().tolist()), int(nxt))
             else:
-                path, nxt = verify_sampled(tree, logits, d, g)
+                path, nxt = walk_sampled(tree, logits, d, g)
                 key = (tuple(path), nxt)
             seen.setdefault(key, [0, 0])[which] += 1
     table = torch.tensor([v for v in seen.values() if sum(v) >= 20]).T

@@ -174,3 +174,27 @@ def test_eager_levels_equal_a_reference_head_step(setup):
     torch.testing.assert_close(out2, draft_logp(lg2[0]))
     run.drop_tree()
     assert run.length == run.tree_end == 7
+
+
+@pytest.mark.parametrize("capture", ["none", "static"])
+def test_timed_draft_times_each_call_and_winds_back(setup, capture):
+    """The timing API shape=auto measures with: a commit and depth - 1 levels, each timed, and the runner
+    left as it was (the next commit lands at the same place and returns the same root children)."""
+    cfg, target, head = setup
+    d = EagleDrafter(head)
+    feats = torch.randn(7, 3 * target.hidden_size, generator=torch.Generator().manual_seed(0))
+    run = d.draft_runner([3, 4, 5, 6, 7, 8, 9], feats, _d(cfg, capture=capture))
+    assert isinstance(run, EagerDraftRunner if capture == "none" else GraphDraftRunner)
+    length = run.length
+    calls = []
+
+    def timed(fn):
+        calls.append(1)
+        return 0.5, fn()
+
+    tail, ids = feats[-3:], [8, 9, 11]
+    assert run.timed_draft(tail, ids, 4, 3, timed) == [0.5] * 4 and len(calls) == 4
+    assert run.length == run.tree_end == length
+    first = run.commit(tail, ids)
+    run.rewind(length)
+    assert torch.equal(first, run.commit(tail, ids))

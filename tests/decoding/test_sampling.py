@@ -14,11 +14,11 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import vsd.decoding.verify as verify_mod
 from tests.decoding.helpers import TableDrafter, one_thread
+from tests.decoding.tree_reference import children_lists
 from vsd.config.schema import DecodingConfig
 from vsd.decoding.engine import generate_ar, generate_spec
 from vsd.decoding.ngram import NgramDrafter
 from vsd.decoding.sampling import gumbel_topk, sample_at, warp
-from vsd.decoding.verify import children_lists
 from vsd.models.target import Target
 
 V = 6
@@ -201,13 +201,15 @@ def test_broken_captured_sampler_fails(small, monkeypatch):
     returns the draft's distribution."""
     import vsd.decoding.captured_step as cs
 
-    def first_child(tree, logits, dcfg, plan, u):  # tensor ops only: on a GPU it runs inside the graph
+    def first_child(
+        tree, logits, dcfg, kids, level_kmax, u
+    ):  # tensor ops only: on a GPU it runs inside the graph
         dev = logits.device
         acc = torch.zeros(tree.size, dtype=torch.bool, device=dev)
         row = torch.zeros(1, dtype=torch.long, device=dev)
         live = torch.ones(1, dtype=torch.bool, device=dev)
-        for _ in plan.level_kmax:
-            c = plan.kids[:, 0].index_select(0, row)
+        for _ in level_kmax:
+            c = kids[:, 0].index_select(0, row)
             live &= (c >= 0) & tree.valid.index_select(0, c.clamp(min=0))
             acc |= (torch.arange(tree.size, device=dev) == c) & live
             row = torch.where(live, c + 1, row)
@@ -225,11 +227,15 @@ def test_wrong_draft_vocab_mapping_fails(small, monkeypatch):
     """The test above has power: reading draft-vocab rows as if they were target-vocab rows biases the output."""
     from vsd.decoding.drafter import DraftTree
 
-    def unmapped(self, row, vocab_size):
-        q = self.child_dists[row].float()
-        return torch.cat([q, q.new_zeros(vocab_size - q.numel())]) if self.dist_ids is not None else q.clone()
+    def unmapped(self, vocab_size, rows=None):
+        q = (self.child_dists if rows is None else self.child_dists[rows]).float()
+        return (
+            torch.cat([q, q.new_zeros(q.shape[0], vocab_size - q.shape[1])], 1)
+            if self.dist_ids is not None
+            else q
+        )
 
-    monkeypatch.setattr(DraftTree, "full_dist", unmapped)
+    monkeypatch.setattr(DraftTree, "full_dists", unmapped)
     exact = _exact(small, DCFG)
     drafter = _eagle_small(small)
     counts = _counts(lambda g: generate_spec(small, drafter, PROMPT, DCFG, generator=g), 600)

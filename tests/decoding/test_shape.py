@@ -22,7 +22,7 @@ from vsd.decoding.shape import (
     path_probs_greedy,
     predict_tau,
 )
-from vsd.decoding.tree import static_template
+from vsd.decoding.tree import TreeShape, static_template
 from vsd.evaluation.metrics import shape_metrics
 from vsd.models.draft import build_head
 from vsd.models.target import load_target
@@ -137,9 +137,11 @@ def test_measured_auto_shape_on_the_tiny_model(tiny_drafter, tmp_path, monkeypat
         shape_prompts=2,
         shape_max_new=6,
     )
-    chosen, info = autoshape.resolve_shape(target, drafter, dcfg, tmp_path, log=lambda *_: None)
+    choice = autoshape.resolve_shape(target, drafter, dcfg, tmp_path, log=lambda *_: None)
+    info, chosen = choice.report, choice.decoding(dcfg)
     assert info["mode"] == "auto" and 1 <= info["depth"] <= 3 and info["top_k"] <= 2 and info["nodes"] <= 6
     assert (chosen.depth, chosen.top_k, chosen.total_tokens) == (info["depth"], info["top_k"], info["nodes"])
+    assert choice.shape == TreeShape(info["depth"], info["top_k"], info["nodes"]) == TreeShape.of(chosen)
     assert info["pred_tau"] >= 1.0 and info["pred_bound"] > 0
     assert info["key"]["draft"] == autoshape.weights_hash(drafter.head)
     cached = list((tmp_path / "shapes").glob("*.json"))
@@ -152,8 +154,9 @@ def test_measured_auto_shape_on_the_tiny_model(tiny_drafter, tmp_path, monkeypat
         raise AssertionError("measured again although cached")
 
     monkeypatch.setattr(autoshape, "measure", boom)
-    again, info2 = autoshape.resolve_shape(target, drafter, dcfg, tmp_path, log=lambda *_: None)
-    assert again == chosen and info2["pred_bound"] == info["pred_bound"]
+    again = autoshape.resolve_shape(target, drafter, dcfg, tmp_path, log=lambda *_: None)
+    assert again.shape == choice.shape and again.decoding(dcfg) == chosen
+    assert again.report["pred_bound"] == info["pred_bound"]
     with pytest.raises(AssertionError, match="measured again"):
         autoshape.resolve_shape(
             target, drafter, dataclasses.replace(dcfg, shape_remeasure=True), tmp_path, log=lambda *_: None
@@ -165,13 +168,13 @@ def test_measured_auto_shape_on_the_tiny_model(tiny_drafter, tmp_path, monkeypat
 def test_fixed_shape_and_drafters_without_a_model(tiny_drafter):
     cfg, target, drafter = tiny_drafter
     fixed = dataclasses.replace(cfg.decoding, shape="fixed")  # the default tree is auto
-    d, info = autoshape.resolve_shape(target, drafter, fixed, None)
-    assert d is fixed and info == {"mode": "fixed", "depth": 5, "top_k": 8, "nodes": 32}
+    choice = autoshape.resolve_shape(target, drafter, fixed, None)
+    info = choice.report
+    assert choice.decoding(fixed) is fixed and info == {"mode": "fixed", "depth": 5, "top_k": 8, "nodes": 32}
+    assert choice.shape == TreeShape(5, 8, 32)
     assert "eval/shape_pred_tau" not in shape_metrics(info)
     from vsd.decoding.ngram import NgramDrafter
 
     auto = dataclasses.replace(cfg.decoding, shape="auto")
-    d, info = autoshape.resolve_shape(
-        target, NgramDrafter(target.vocab_size), auto, None, log=lambda *_: None
-    )
-    assert d is auto and "auto_skipped" in info
+    choice = autoshape.resolve_shape(target, NgramDrafter(target.vocab_size), auto, None, log=lambda *_: None)
+    assert choice.decoding(auto) is auto and "auto_skipped" in choice.report

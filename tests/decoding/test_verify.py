@@ -1,13 +1,16 @@
-"""Greedy verification in tensor ops equals the sequential walk it replaces: follow the first child whose token
-is the target's argmax, then take the argmax after the last accepted node."""
+"""Verification in tensor ops equals the sequential walks it replaced. Greedy: follow the first child whose token
+is the target's argmax, then take the argmax after the last accepted node. Sampled: the host walk of recursive
+rejection sampling (tests/decoding/tree_reference.py), with the same random numbers."""
 
 from __future__ import annotations
 
 import torch
 
+from tests.decoding.tree_reference import walk_sampled
+from vsd.config.schema import DecodingConfig
 from vsd.decoding.drafter import DraftTree
 from vsd.decoding.tree_attention import ancestor_matrix
-from vsd.decoding.verify import verify_greedy
+from vsd.decoding.verify import children_table, verify_greedy, verify_sampled
 
 
 def _walk(parents: list[int], tokens: list[int], best: list[int]) -> tuple[list[int], int]:
@@ -49,3 +52,45 @@ def test_depth_bound_trees_and_the_empty_tree():
     assert verify_greedy(tree, logits) == ([0, 1], 1)
     empty = torch.zeros(0, dtype=torch.long)
     assert verify_greedy(DraftTree(empty, empty), logits) == ([], 1)
+
+
+def test_children_table():
+    kids, kmax = children_table([-1, -1, 0, 0, 0, 2])
+    assert kids.tolist() == [[0, 1, -1], [2, 3, 4], [-1] * 3, [5, -1, -1], [-1] * 3, [-1] * 3, [-1] * 3]
+    assert kmax == (2, 3, 1)
+    assert children_table([])[0].shape == (1, 0) and children_table([])[1] == ()
+
+
+def test_sampled_verify_draws_as_the_host_walk():
+    """The eager T > 0 verification (the tensor walk) takes the host walk's path and next token from the same
+    generator and leaves it in the same state, on random trees: draft rows near the target's (long accepted
+    paths) or not, over the target vocab or a draft vocab, with top-p, and the empty tree."""
+    g = torch.Generator().manual_seed(0)
+    V, deep = 7, 0
+    for trial in range(300):
+        n = int(torch.randint(0, 12, (), generator=g))
+        parents = [int(torch.randint(-1, i, (), generator=g)) for i in range(n)]
+        logits = 2 * torch.randn(n + 1, V, generator=g)
+        d = DecodingConfig(temperature=[1.0, 0.7][trial % 2], top_p=[1.0, 0.9][trial % 3 > 0])
+        sub = trial % 4 == 0  # a draft vocab of 5 of the 7 tokens
+        ids = torch.tensor([0, 2, 3, 5, 6]) if sub else None
+        noise = 0.3 if trial % 2 else 3.0
+        dist = torch.softmax(
+            logits[:, ids if sub else slice(None)]
+            + noise * torch.randn(n + 1, len(ids) if sub else V, generator=g),
+            -1,
+        )
+        cols = ids if sub else torch.arange(V)
+        tokens = [int(cols[torch.multinomial(dist[p + 1], 1, generator=g)]) for p in parents]
+        tree = DraftTree(
+            torch.tensor(tokens, dtype=torch.long),
+            torch.tensor(parents, dtype=torch.long),
+            dist,
+            dist_ids=ids,
+        )
+        seed = 1000 + trial
+        a, b = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        assert verify_sampled(tree, logits, d, a) == walk_sampled(tree, logits, d, b), trial
+        assert torch.equal(a.get_state(), b.get_state()), trial
+        deep += len(walk_sampled(tree, logits, d, torch.Generator().manual_seed(seed))[0]) >= 2
+    assert deep > 20

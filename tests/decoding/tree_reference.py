@@ -1,5 +1,6 @@
-"""Reference EAGLE-2 tree builders on the host, one node at a time (test oracle; the library's trees are the
-tensor builders :func:`vsd.decoding.tree.grow_greedy` and :func:`vsd.decoding.tree.grow_sampled`).
+"""Reference EAGLE-2 tree builders and the T > 0 verification walk on the host, one node at a time (test
+oracles; the library's are the tensor builders :func:`vsd.decoding.tree.grow_greedy` and
+:func:`vsd.decoding.tree.grow_sampled` and the tensor walk :func:`vsd.decoding.verify.reject_walk`).
 
 ``expand(node_idx (M,) long, -1 = root) -> (M, V) log-probs`` of the children of pool nodes; the pool
 (:class:`NodePool`) holds every created node so a test drafter can look up tokens and parents.
@@ -15,7 +16,7 @@ import torch
 
 from vsd.config.schema import DecodingConfig
 from vsd.decoding.drafter import DraftTree
-from vsd.decoding.sampling import gumbel_keys, warp
+from vsd.decoding.sampling import gumbel_keys, sample, warp
 from vsd.decoding.tree import TreeShape, _children_counts, static_template
 
 Expand = Callable[[torch.Tensor], torch.Tensor]
@@ -156,3 +157,51 @@ def _to_tree(pool: NodePool, keep: list[int], dists: dict[int, torch.Tensor] | N
         ranks=torch.tensor([pool.ranks[p] for p in keep], dtype=torch.long),
         logq=torch.tensor([pool.logq[p] for p in keep], dtype=torch.float32),
     )
+
+
+def children_lists(parents: list[int]) -> dict[int, list[int]]:
+    """Parent index (-1 = root) -> child indices in tree order (= sample order)."""
+    ch: dict[int, list[int]] = {}
+    for i, p in enumerate(parents):
+        ch.setdefault(p, []).append(i)
+    return ch
+
+
+def walk_sampled(
+    tree: DraftTree, logits: torch.Tensor, dcfg: DecodingConfig, generator: torch.Generator | None
+) -> tuple[list[int], int]:
+    """Recursive rejection sampling one node at a time (the oracle of :func:`vsd.decoding.verify.verify_sampled`,
+    which draws the same random numbers). logits (N+1, V); ``tree.child_dists`` the draft rows."""
+    assert tree.child_dists is not None, "T>0 verification needs DraftTree.child_dists"
+    toks = tree.tokens.tolist()
+    ch = children_lists(tree.parents.tolist())
+    path: list[int] = []
+    cur = -1
+    while True:
+        p = warp(logits[cur + 1], dcfg.temperature, dcfg.target_top_k, dcfg.top_p)
+        kids = ch.get(cur, [])
+        if not kids:
+            return path, sample(p, generator)  # bonus token from the target itself
+        q = tree.full_dists(p.shape[-1])[cur + 1].clone().to(p.device)
+        accepted = None
+        for c in kids:
+            x = toks[c]
+            u = float(torch.rand((), generator=generator, device=generator.device if generator else None))
+            if u * float(q[x]) < float(p[x]):  # u < min(1, p/q) without dividing
+                accepted = c
+                break
+            # reject x: the target residual and the draft without x (drawn without replacement)
+            p = (p - q).clamp_(min=0.0)
+            s = p.sum()
+            if s <= 0:  # only reachable through rounding when p == q; then p itself is the residual
+                p = warp(logits[cur + 1], dcfg.temperature, dcfg.target_top_k, dcfg.top_p)
+            else:
+                p = p / s
+            q[x] = 0.0
+            qs = q.sum()
+            if qs > 0:
+                q = q / qs
+        if accepted is None:
+            return path, sample(p, generator)  # correction from the residual
+        path.append(accepted)
+        cur = accepted

@@ -164,7 +164,7 @@ def test_an_eval_where_no_prompt_fits_is_one_line(tmp_path):
 def test_the_context_rule_and_its_limits():
     from types import SimpleNamespace
 
-    from vsd.evaluation.runner import context_limit, too_long
+    from vsd.evaluation.turns import context_limit, too_long
 
     target = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=2048), device=torch.device("cpu"))
     _, cfg = compose(["decoding=tree", "decoding.max_new_tokens=128"])[0]
@@ -232,7 +232,7 @@ def test_an_interrupted_eval_resumes_where_it_stopped(tmp_path, monkeypatch):
     """Stopped after four turns and rerun into the same run dir, a T=1 eval decodes only the turns it had not
     finished, and its rows equal a straight run's (sampling seeds depend on the prompt and turn alone; turn 2
     is conditioned on the reused turn-1 answer)."""
-    from vsd.evaluation.runner import EvalRunner
+    from vsd.evaluation.turns import TurnDecoder
 
     records = [
         {"id": "a", "turns": ["Say hi.", "And then?"]},
@@ -246,7 +246,7 @@ def test_an_interrupted_eval_resumes_where_it_stopped(tmp_path, monkeypatch):
     )
     threads = torch.get_num_threads()
     calls = []
-    real_turn = EvalRunner.run_turn
+    real_turn = TurnDecoder.run_turn
 
     def counted(self, record, turn, ids):
         calls.append((record["id"], turn))
@@ -254,7 +254,7 @@ def test_an_interrupted_eval_resumes_where_it_stopped(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_turn(self, record, turn, ids)
 
-    monkeypatch.setattr(EvalRunner, "run_turn", counted)
+    monkeypatch.setattr(TurnDecoder, "run_turn", counted)
     try:
         stop_after = None
         straight = execute(dcfg, tmp_path / "straight")

@@ -279,7 +279,9 @@ class DecodingConfig:
     max_new_tokens: int = 128
     ngram_max: int = 3  # prompt-lookup drafter: longest n-gram matched
     ngram_min: int = 1
-    ngram_branch: int = 0  # eagle3 at T=0: add prompt lookup's continuation (<= this many tokens) to the tree
+    # eagle3 at T=0: add prompt lookup's continuation (<= this many tokens) to the tree (docs/eval.md); the chain
+    # and ngram presets and the pinned experiments set 0
+    ngram_branch: int = 5
     capture: str = "none"  # none | cuda_graph (GPU; eager fallback without CUDA) | static (graph path, eager)
     max_len: int = 4096  # static KV slots per generation (capture != none): prompt + new tokens + one tree
     # capture != none, eagle3 drafter, no lookup branch: the whole speculative step (draft tree, verify,
@@ -293,8 +295,9 @@ class DecodingConfig:
     near_tie_eps: float = 0.25  # bf16: a T=0 divergence must start where the AR top-2 logit gap < eps
     # fixed: depth/top_k/total_tokens as given. auto: the eval stage measures this device's costs and the
     # draft's acceptance on val prompts (cached per device, target and draft) and picks the shape with the
-    # best predicted bound (vsd/decoding/shape.py, docs/eval.md); only for model drafters (eagle3)
-    shape: str = "fixed"  # fixed | auto
+    # best predicted bound (vsd/decoding/shape.py, docs/eval.md); only for model drafters (eagle3). The chain
+    # and ngram presets and the paper, regime and strong experiments pin fixed
+    shape: str = "auto"  # fixed | auto
     shape_max_depth: int = 8  # auto: deepest candidate (and the depth of the measuring tree)
     shape_max_top_k: int = 8  # auto: widest candidate top-k (and the measuring tree's)
     shape_max_nodes: int = 64  # auto: largest candidate node budget (and the measuring tree's)

@@ -34,7 +34,7 @@ from vsd.config.schema import DecodingConfig
 from vsd.decoding.diagnostics import DraftStats
 from vsd.decoding.draft_runner import GraphDraftRunner, GrowBuffers
 from vsd.decoding.drafter import DraftTree
-from vsd.decoding.runner import GraphRunner, additive_mask, tree_step_inputs
+from vsd.decoding.target_runner import GraphRunner, additive_mask, tree_step_inputs
 from vsd.decoding.tree import TreeShape, grow_sampled, template_plan
 from vsd.decoding.verify import accept_greedy, accept_sampled
 from vsd.errors import UserError
@@ -159,7 +159,7 @@ class CapturedStep:
         )
         logits = out.logits[0]
         if self.sampled:
-            acc, nxt = accept_sampled(t, logits, self.dcfg, self.plan, self.draws)
+            acc, nxt = accept_sampled(t, logits, self.dcfg, self.plan.kids, self.plan.level_kmax, self.draws)
         else:
             acc, nxt = accept_greedy(t, logits)
         count = acc.sum().reshape(1)

@@ -12,6 +12,8 @@ Both runners expose the same calls, so the drafter's tree logic is one code path
   children. The level's inputs are built from the pool tensors: no per-node Python.
 - ``grow_greedy(root_logp, depth, k, total)``: the whole T = 0 tree (:func:`vsd.decoding.tree.grow_greedy`).
 - ``drop_tree()`` forgets every tree entry (the verified ones come back through ``commit``).
+- ``timed_draft(features, ids, depth, k, timed)``: the seconds of a commit and of each tree level, wound back
+  afterwards (the cost measurement of ``decoding.shape=auto``).
 
 Both share the step itself (``run_table``): the attention mask is built from a small integer table per row
 (id, position, slot, committed-prefix limit, input hidden row, output hidden row, visible ancestor slots), the
@@ -27,6 +29,9 @@ Log-probs stay in the draft vocab: the tree builders map the few chosen ids to t
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -108,8 +113,33 @@ class _DraftRunner:
         self.tree_end = self.length
 
     def rewind(self, length: int) -> None:
-        """Forget every entry from ``length`` on (cost measurements redo a commit at the same place)."""
+        """Forget every entry from ``length`` on."""
         self.length = self.tree_end = length
+
+    def timed_draft(
+        self,
+        features: torch.Tensor,
+        ids: list[int],
+        depth: int,
+        k: int,
+        timed: Callable[[Callable[[], Any]], tuple[float, Any]],
+    ) -> list[float]:
+        """Seconds of one draft step as decoding runs it: the commit of ``features``/``ids`` (as ``commit``), then
+        the ``depth - 1`` levels of a greedy tree of width ``k``, each call timed by ``timed(fn) -> (seconds,
+        fn())`` (e.g. synchronised on the device). The runner is wound back afterwards, so the same step can be
+        timed again at the same place (``decoding.shape=auto``'s costs, vsd.decoding.shape_measure)."""
+        start, times = self.length, []
+        t, logp = timed(lambda: self.commit(features, ids))
+        times.append(t)
+
+        def expand(idx: torch.Tensor, d: int, pool: TensorPool) -> torch.Tensor:
+            t, lp = timed(lambda: self.expand_level(idx, d, pool))
+            times.append(t)
+            return lp
+
+        grow_greedy(logp, expand, depth, k, k, self.token_map)
+        self.rewind(start)
+        return times
 
     def run_table(self, x: torch.Tensor, features: torch.Tensor | None, n_cols: int) -> torch.Tensor:
         """The step itself (captured on CUDA, by this runner or inside the engine's captured step): x

@@ -73,15 +73,20 @@ class DraftTree:
             logq=torch.zeros(n),
         )
 
-    def full_dist(self, row: int, vocab_size: int) -> torch.Tensor:
-        """Row ``row`` of ``child_dists`` over the target vocab (vocab_size,) float, a fresh tensor (scattered
-        from the draft vocab when ``dist_ids`` is set)."""
+    def full_dists(self, vocab_size: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``child_dists`` (or its ``rows``) over the target vocab (N+1 or len(rows), vocab_size) float32
+        (scattered from the draft vocab when ``dist_ids`` is set)."""
         assert self.child_dists is not None
-        q = self.child_dists[row].float()
+        q = (
+            self.child_dists
+            if rows is None
+            else self.child_dists.index_select(0, rows.to(self.child_dists.device))
+        )
+        q = q.float()
         if self.dist_ids is None:
-            return q.clone()
-        out = torch.zeros(vocab_size, dtype=q.dtype, device=q.device)
-        return out.index_copy_(0, self.dist_ids.to(q.device), q)
+            return q
+        out = q.new_zeros(q.shape[0], vocab_size)
+        return out.index_copy_(1, self.dist_ids.to(q.device), q)
 
 
 @runtime_checkable

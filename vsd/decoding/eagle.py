@@ -23,7 +23,7 @@ from vsd.config.schema import DecodingConfig
 from vsd.decoding.captured_step import CapturedStep
 from vsd.decoding.draft_runner import EagerDraftRunner, GraphDraftRunner
 from vsd.decoding.drafter import DraftTree
-from vsd.decoding.runner import Backend, GraphRunner
+from vsd.decoding.target_runner import Backend, GraphRunner
 from vsd.decoding.tree import TreeShape, grow_sampled
 from vsd.models.draft import DraftHead
 from vsd.runtime import resolve_dtype
@@ -95,6 +95,16 @@ class EagleDrafter:
 
     def extra_nodes(self, dcfg: DecodingConfig) -> int:
         return 0
+
+    def draft_runner(
+        self, prompt_ids: list[int], prompt_features: torch.Tensor, dcfg: DecodingConfig
+    ) -> EagerDraftRunner | GraphDraftRunner:
+        """The draft runner decoding with ``dcfg`` uses, holding the prompt as after the first ``propose`` (the
+        prompt, then its last token as the root, committed; the tree dropped): what the cost measurement of
+        ``decoding.shape=auto`` times (:meth:`~vsd.decoding.draft_runner.EagerDraftRunner.timed_draft`)."""
+        self.reset(prompt_ids, prompt_features)
+        self.propose(int(prompt_ids[-1]), dcfg)
+        return self.runner
 
     def captured_step(self, target_runner, dcfg: DecodingConfig) -> CapturedStep | None:
         """The whole speculative step as captured graphs (:mod:`vsd.decoding.captured_step`) when

@@ -21,8 +21,8 @@ from vsd.config.schema import DecodingConfig
 from vsd.decoding import verify as _verify
 from vsd.decoding.diagnostics import DraftStats
 from vsd.decoding.drafter import Drafter, DraftTree
-from vsd.decoding.runner import DynamicRunner, keep_cache_rows, make_runner  # noqa: F401 (re-export)
 from vsd.decoding.sampling import sample, warp
+from vsd.decoding.target_runner import DynamicRunner, keep_cache_rows, make_runner  # noqa: F401 (re-export)
 from vsd.decoding.tree import TreeShape
 from vsd.runtime import synchronize
 

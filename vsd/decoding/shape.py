@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from vsd.decoding.tree import static_template
+from vsd.decoding.tree import TreeShape, static_template
 
 TOP_KS = (1, 2, 3, 4, 6, 8)  # candidate top-k values (searched up to decoding.shape_max_top_k)
 NODE_BUDGETS = (2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64)  # candidate node counts
@@ -139,6 +139,11 @@ class Shape:
     pred_tau: float = float("nan")
     pred_bound: float = float("nan")
     cost: float = float("nan")  # c_verify(total) + c_draft(depth, top_k)
+
+    @property
+    def tree(self) -> TreeShape:
+        """The shape as the decoder drafts it."""
+        return TreeShape(self.depth, self.top_k, self.total)
 
 
 def path_probs_greedy(table: AcceptanceTable, depth: int, k: int, total: int) -> list[float]:

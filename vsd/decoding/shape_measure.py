@@ -25,6 +25,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,6 @@ import torch
 
 from vsd.config.schema import DecodingConfig, EvalConfig
 from vsd.decoding.drafter import DraftTree
-from vsd.decoding.runner import make_runner
 from vsd.decoding.shape import (
     TOP_KS,
     AcceptanceTable,
@@ -42,7 +42,8 @@ from vsd.decoding.shape import (
     choose_shape,
     describe,
 )
-from vsd.decoding.tree import TreeShape, grow_greedy
+from vsd.decoding.target_runner import make_runner
+from vsd.decoding.tree import TreeShape
 from vsd.runtime import synchronize
 
 CACHE_VERSION = 2  # bump when the engine's costs or the measurement change (stale caches are then ignored)
@@ -94,8 +95,8 @@ def measure_shape_costs(
     ``nodes``; then for every k in ``top_ks``, right after a target step (as in decoding, where the target's
     weights have just streamed through the caches): the draft's commit of ``commit_rows`` entries and
     ``max_depth - 1`` tree levels of k rows, each call timed. Every step is rolled back afterwards. Medians
-    over ``repeats``, in units of the 1-token step's median. Needs an :class:`EagleDrafter`-like drafter
-    (``runner`` with ``commit`` / ``expand_level`` / ``rewind``).
+    over ``repeats``, in units of the 1-token step's median. Needs a model drafter: its ``draft_runner`` and
+    the runner's ``timed_draft`` (vsd.decoding.draft_runner).
     """
     import dataclasses
 
@@ -110,9 +111,7 @@ def measure_shape_costs(
         probe = dataclasses.replace(
             dcfg, mode="tree", depth=max_depth, top_k=k, total_tokens=k, temperature=0.0
         )
-        drafter.reset(list(prompt_ids), feats)
-        drafter.propose(root, probe)
-        draft_runs[k] = drafter.runner
+        draft_runs[k] = drafter.draft_runner(list(prompt_ids), feats, probe)
     commit_rows = min(commit_rows, len(prompt_ids))
     tail = feats[-commit_rows:]
     ids = [int(t) for t in prompt_ids[-commit_rows + 1 :]] + [root]
@@ -123,19 +122,7 @@ def measure_shape_costs(
         runner.keep([])
 
     def draft(k: int) -> list[float]:
-        run, times = draft_runs[k], []
-        start = run.length
-        t, logp = _timed(lambda: run.commit(tail, ids), dev)
-        times.append(t)
-
-        def expand(idx, d, pool):
-            t, lp = _timed(lambda: run.expand_level(idx, d, pool), dev)
-            times.append(t)
-            return lp
-
-        grow_greedy(logp, expand, max_depth, k, k, run.token_map)
-        run.rewind(start)
-        return times
+        return draft_runs[k].timed_draft(tail, ids, max_depth, k, lambda fn: _timed(fn, dev))
 
     step(None)  # warm-up: every shape once
     for n in nodes:
@@ -302,23 +289,40 @@ def auto_candidates(dcfg: DecodingConfig) -> list[Shape]:
     )
 
 
+@dataclass(frozen=True)
+class ShapeChoice:
+    """``decoding.shape`` resolved once: the tree ``shape`` the speculative run drafts and its ``report`` (what
+    run.json records under ``shape`` and the ``eval/shape_*`` metrics read). The HF peers keep the configured
+    settings (their knobs, e.g. prompt lookup's depth, are not this drafter's tree)."""
+
+    shape: TreeShape
+    report: dict[str, Any]
+
+    def decoding(self, dcfg: DecodingConfig) -> DecodingConfig:
+        """The speculative run's settings: ``dcfg`` itself for a fixed shape, else ``dcfg`` drafting the chosen
+        one."""
+        return self.shape.config(dcfg) if self.report["mode"] == "auto" else dcfg
+
+
 def resolve_shape(
     target, drafter, dcfg: DecodingConfig, cache_dir: str | Path | None, log=print
-) -> tuple[DecodingConfig, dict[str, Any]]:
-    """``decoding.shape=fixed``: (dcfg, info on the configured shape). ``auto``: (dcfg with the chosen depth,
-    top_k and total_tokens, info with the predicted tau and bound and the measurement). ``info`` is what
-    run.json records under ``shape``."""
+) -> ShapeChoice:
+    """``decoding.shape=fixed``: the configured shape, reported as such. ``auto``: the measured best, reported
+    with its predicted tau and bound and the measurement. A drafter without a draft model keeps the configured
+    shape."""
     fixed = {"mode": "fixed", "depth": dcfg.depth, "top_k": dcfg.top_k, "nodes": dcfg.total_tokens}
     if dcfg.shape == "fixed":
-        return dcfg, fixed
+        return ShapeChoice(TreeShape.of(dcfg), fixed)
     if getattr(drafter, "head", None) is None:
         log(f"[vsd] decoding.shape=auto needs a model drafter; {dcfg.drafter} keeps the configured shape")
-        return dcfg, {**fixed, "auto_skipped": f"drafter {dcfg.drafter} has no draft model"}
+        return ShapeChoice(
+            TreeShape.of(dcfg), {**fixed, "auto_skipped": f"drafter {dcfg.drafter} has no draft model"}
+        )
     drafter = getattr(drafter, "inner", drafter)  # measure the model's own trees, without a lookup branch
     table, costs, seconds, path = load_or_measure(target, drafter, dcfg, cache_dir, log)
     best, _ = choose_shape(table, costs, dcfg.temperature, auto_candidates(dcfg))
     log(f"[vsd] decoding.shape=auto: {describe(best)} (measured in {seconds:.0f} s; cache {path})")
-    info = {
+    report = {
         "mode": "auto",
         "depth": best.depth,
         "top_k": best.top_k,
@@ -330,10 +334,4 @@ def resolve_shape(
         "cache": str(path) if path else None,
         "key": cache_key(target, drafter, dcfg),
     }
-    return apply_shape(dcfg, best), info
-
-
-def apply_shape(dcfg: DecodingConfig, shape: Shape) -> DecodingConfig:
-    if dcfg.mode == "chain":
-        return dataclasses.replace(dcfg, depth=shape.depth, total_tokens=shape.depth)
-    return dataclasses.replace(dcfg, depth=shape.depth, top_k=shape.top_k, total_tokens=shape.total)
+    return ShapeChoice(TreeShape.of(best.tree.config(dcfg)), report)

@@ -90,6 +90,12 @@ class TreeShape:
         """Most nodes a drafted tree holds (the kept nodes cannot outnumber the created ones)."""
         return min(self.nodes, self.pool_nodes)
 
+    def config(self, dcfg: DecodingConfig) -> DecodingConfig:
+        """``dcfg`` drafting this shape (the inverse of :meth:`of`; a chain stays a chain)."""
+        if dcfg.mode == "chain":
+            return dataclasses.replace(dcfg, depth=self.depth, total_tokens=self.depth)
+        return dataclasses.replace(dcfg, depth=self.depth, top_k=self.top_k, total_tokens=self.nodes)
+
     def verify_rows(self, extra: int = 0) -> int:
         """Rows of one verification forward at most: the root, the shape's nodes and ``extra`` nodes a drafter
         may add (the lookup branch)."""

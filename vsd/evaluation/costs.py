@@ -47,8 +47,8 @@ def measure_forward_costs(
     graph replays like the decode loop's steps (an eager t1 would make the bound compare against a slower AR).
     Returns ``{"t1_s", "t_verify_s", "c_verify", "verify_tokens"}`` (verify_tokens = N + 1, root included).
     """
-    from vsd.decoding.runner import make_runner
     from vsd.decoding.shape_measure import representative_tree
+    from vsd.decoding.target_runner import make_runner
 
     dev = target.device
     runner = make_runner(target, dcfg)

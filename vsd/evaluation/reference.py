@@ -70,7 +70,7 @@ def build_references(
     from tqdm.auto import tqdm
 
     from vsd.decoding.engine import generate_ar
-    from vsd.evaluation.runner import too_long
+    from vsd.evaluation.turns import too_long
 
     key = reference_key(target, records, dcfg, ecfg)
     path = Path(cache_dir) / "references" / f"{key}.pt"
@@ -232,7 +232,7 @@ def reference_rows(
     head: Any, target: Any, refs: list[dict[str, Any]], dcfg: DecodingConfig, progress: bool = True
 ) -> list[dict[str, Any]]:
     """eval.jsonl rows (``"method": "reference"``, no AR or peer runs) for every reference turn; a turn too long
-    for the context (the decode eval's rule, vsd.evaluation.runner.too_long) gets its ``skipped`` row."""
+    for the context (the decode eval's rule, vsd.evaluation.turns.too_long) gets its ``skipped`` row."""
     from tqdm.auto import tqdm
 
     rows = []

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from vsd.data.eval_prompts import load_suite
-from vsd.decoding.shape_measure import resolve_shape
+from vsd.decoding.shape_measure import ShapeChoice, resolve_shape
 from vsd.errors import UserError
 from vsd.evaluation.costs import cost_metrics, measure_forward_costs
 from vsd.evaluation.metrics import compute_metrics, shape_metrics
-from vsd.evaluation.runner import EvalRunner
+from vsd.evaluation.turns import TurnDecoder
 
 
 def draft_path(ctx) -> Path | None:
@@ -172,12 +172,13 @@ def resumable_rows(out: Path, key: str) -> dict[tuple[str, int], dict[str, Any]]
     return done
 
 
-def _run_reference(ctx, records: list[dict], drafter, dcfg, shape_info) -> dict[str, float]:
+def _run_reference(ctx, records: list[dict], drafter, choice: ShapeChoice) -> dict[str, float]:
     """``eval.method=reference``: T=0 acceptance from the target's cached greedy continuations (no timing)."""
     from vsd.evaluation.reference import build_references, reference_rows
     from vsd.records import append_jsonl
 
     cfg = ctx.cfg
+    dcfg = choice.decoding(cfg.decoding)
     refs = build_references(decode_target(ctx), records, cfg.decoding, cfg.eval, ctx.cache_dir)
     rows = reference_rows(
         drafter.head_in(dcfg.draft_dtype), decode_target(ctx), refs, dcfg
@@ -188,7 +189,7 @@ def _run_reference(ctx, records: list[dict], drafter, dcfg, shape_info) -> dict[
         append_jsonl(out, row)
     metrics = {k: v for k, v in compute_metrics(rows).items() if v == v}  # no timing: drop the NaN rates
     metrics["eval/reference"] = 1.0
-    metrics.update(shape_metrics(shape_info))
+    metrics.update(shape_metrics(choice.report))
     if not any("skipped" not in r for r in rows):
         raise UserError(
             "eval: every prompt turn is too long for the context (see eval.jsonl's skipped reasons)"
@@ -203,7 +204,7 @@ def _run_reference(ctx, records: list[dict], drafter, dcfg, shape_info) -> dict[
             "drafter": cfg.decoding.drafter,
             "draft_dir": str(ctx.artifacts.get("draft_dir") or cfg.draft.checkpoint or ""),
         },
-        shape=shape_info,
+        shape=choice.report,
     )
     ctx.tracker.log(metrics)
     ctx.tracker.artifact(out, "eval-rows", "eval")
@@ -219,21 +220,22 @@ def run(ctx) -> dict[str, float]:
     target = decode_target(ctx)
     drafter = make_drafter(ctx)
     # decoding.shape=auto: the tree shape for this device and draft (the peers keep the configured settings)
-    dcfg, shape_info = resolve_shape(target, drafter, cfg.decoding, cfg.paths.cache_dir)
+    choice = resolve_shape(target, drafter, cfg.decoding, cfg.paths.cache_dir)
     if cfg.eval.method == "reference":
-        return _run_reference(ctx, records, drafter, dcfg, shape_info)
+        return _run_reference(ctx, records, drafter, choice)
+    dcfg = choice.decoding(cfg.decoding)
     out = Path(ctx.run_dir) / "eval.jsonl"
     key = eval_key(ctx, dcfg)
     done = resumable_rows(out, key)  # a resumed run keeps the turns an interrupted attempt finished
     if done:
         print(f"[vsd] eval: resuming: {len(done)} turns from an earlier attempt of this eval", flush=True)
-    runner = EvalRunner(target, drafter, dcfg, cfg.eval, out, peer_dcfg=cfg.decoding, row_key=key)
+    turns = TurnDecoder(target, drafter, cfg.decoding, cfg.eval, out, shape=choice, row_key=key)
     print(
         f"[vsd] eval: {len(records)} prompts ({cfg.eval.suite}, split={cfg.eval.split}), "
         f"drafter={cfg.decoding.drafter}, mode={cfg.decoding.mode}, T={cfg.decoding.temperature}",
         flush=True,
     )
-    rows = runner.run(records, done=done)
+    rows = turns.run(records, done=done)
     metrics = compute_metrics(
         rows
     )  # counts turns skipped as too long for the context (eval/skipped_too_long)
@@ -256,9 +258,9 @@ def run(ctx) -> dict[str, float]:
             f"[vsd] eval: Spec-Bench answers: {', '.join(answers.values()) or 'none (no decoded turn)'}",
             flush=True,
         )
-    costs = measure_forward_costs(target, runner.first_fitting_prompt(records), dcfg)
+    costs = measure_forward_costs(target, turns.first_fitting_prompt(records), dcfg)
     metrics.update(cost_metrics(costs, decoded, dcfg, metrics["eval/tau"]))
-    metrics.update(shape_metrics(shape_info))
+    metrics.update(shape_metrics(choice.report))
     ctx.record.update(
         eval_info={
             "suite": cfg.eval.suite,
@@ -271,7 +273,7 @@ def run(ctx) -> dict[str, float]:
             "draft_dir": str(ctx.artifacts.get("draft_dir") or cfg.draft.checkpoint or ""),
             "specbench_answers": answers,
         },
-        shape=shape_info,
+        shape=choice.report,
     )
     ctx.tracker.log(metrics)
     ctx.tracker.artifact(out, "eval-rows", "eval")

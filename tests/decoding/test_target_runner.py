@@ -10,7 +10,7 @@ import torch
 
 from tests.decoding.helpers import OracleDrafter
 from vsd.decoding.engine import generate_ar, generate_spec
-from vsd.decoding.runner import DynamicRunner, GraphRunner, make_runner
+from vsd.decoding.target_runner import DynamicRunner, GraphRunner, make_runner
 from vsd.decoding.tree_attention import node_depths
 
 PROMPTS = ["the cat sat on the mat. the cat sat on the", "def f(x):\n    return x"]

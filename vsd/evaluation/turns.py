@@ -37,7 +37,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -45,6 +45,9 @@ from vsd.config.schema import DecodingConfig, EvalConfig
 from vsd.errors import UserError
 from vsd.records import append_jsonl
 from vsd.runtime import synchronize
+
+if TYPE_CHECKING:  # the measurement pulls the decoding engine; this module imports it per method
+    from vsd.decoding.shape_measure import ShapeChoice
 
 
 def _seed_for(seed: int, rid: str, turn: int) -> int:
@@ -177,7 +180,7 @@ def context_limit(target, dcfg: DecodingConfig) -> tuple[int | None, str]:
     """The most positions one generation may use, and the key it comes from (None: no known limit)."""
     limit = getattr(target.config, "max_position_embeddings", None)
     source = "the target's max_position_embeddings"
-    from vsd.decoding.runner import Backend
+    from vsd.decoding.target_runner import Backend
 
     if Backend.of(dcfg, target.device).static and (limit is None or dcfg.max_len < limit):
         limit, source = dcfg.max_len, "decoding.max_len"
@@ -196,7 +199,7 @@ def too_long(n_prompt: int, target, dcfg: DecodingConfig) -> str | None:
     )
 
 
-class EvalRunner:
+class TurnDecoder:
     """Runs AR, speculative and peer decoding per prompt turn and appends rows to ``out_path``."""
 
     def __init__(
@@ -206,15 +209,17 @@ class EvalRunner:
         dcfg: DecodingConfig,
         ecfg: EvalConfig,
         out_path: Path | None,
-        peer_dcfg: DecodingConfig | None = None,
+        shape: ShapeChoice | None = None,
         row_key: str | None = None,
     ):
-        """``peer_dcfg``: the decoding settings the HF peers follow (default ``dcfg``); under
-        ``decoding.shape=auto`` the configured ones, so the peers do not depend on our chosen tree.
+        """``dcfg``: the configured decoding settings, which the HF peers follow; the speculative run drafts
+        ``shape`` (vsd.decoding.shape_measure.resolve_shape; None: the configured one), so under
+        ``decoding.shape=auto`` the peers do not depend on our chosen tree.
         ``row_key`` (vsd.evaluation.stage.eval_key) is written into every row as ``eval_key``: a resumed eval
         reuses the rows whose key matches."""
-        self.target, self.drafter, self.dcfg, self.ecfg = target, drafter, dcfg, ecfg
-        self.peer_dcfg = peer_dcfg or dcfg
+        self.target, self.drafter, self.ecfg = target, drafter, ecfg
+        self.dcfg = shape.decoding(dcfg) if shape is not None else dcfg
+        self.peer_dcfg = dcfg
         self.out_path = out_path
         self.row_key = row_key
 

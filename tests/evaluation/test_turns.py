@@ -1,4 +1,4 @@
-"""Runner pieces on the tiny random target: divergence, HF peer counting, cost model, drafter choice."""
+"""The per-turn eval pieces (vsd.evaluation.turns) on the tiny random target: divergence, HF peer counting, cost model, drafter choice."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from vsd.config import compose
 from vsd.decoding.shape_measure import representative_tree, verify_tree_size
 from vsd.errors import UserError
 from vsd.evaluation.costs import cost_metrics, measure_forward_costs
-from vsd.evaluation.runner import first_divergence, hf_generate
+from vsd.evaluation.turns import first_divergence, hf_generate
 
 
 def test_first_divergence():
@@ -75,7 +75,7 @@ def test_run_turn_records_divergence_and_near_tie(monkeypatch):
 
     import vsd.decoding.engine as engine
     from vsd.decoding.engine import GenResult
-    from vsd.evaluation.runner import EvalRunner
+    from vsd.evaluation.turns import TurnDecoder
 
     _, cfg = compose(["model=tiny_random", "decoding=ngram", "eval=smoke", "decoding.near_tie_eps=0.1"])[0]
     ar = GenResult([5, 6, 7, 8], 4, top2_gap=[2.0, 1.0, 0.05, 3.0])
@@ -83,11 +83,11 @@ def test_run_turn_records_divergence_and_near_tie(monkeypatch):
     monkeypatch.setattr(engine, "generate_ar", lambda *a, **k: ar)
     monkeypatch.setattr(engine, "generate_spec", lambda *a, **k: spec)
     target = SimpleNamespace(device="cpu")
-    runner = EvalRunner(target, None, cfg.decoding, cfg.eval, None)
-    row, ref = runner.run_turn({"id": "x", "category": "c"}, 0, [1, 2, 3])
+    turns = TurnDecoder(target, None, cfg.decoding, cfg.eval, None)
+    row, ref = turns.run_turn({"id": "x", "category": "c"}, 0, [1, 2, 3])
     assert ref is ar and row["match"] is False and row["diverge_at"] == 2
     assert row["diverge_gap"] == 0.05 and row["near_tie"] is True
     assert row["spec"]["accepted"] == [2] and row["ar"]["ids"] == [5, 6, 7, 8] and row["peers"] == {}
     spec.tokens[2] = 7
-    row, _ = runner.run_turn({"id": "x", "category": "c"}, 0, [1, 2, 3])
+    row, _ = turns.run_turn({"id": "x", "category": "c"}, 0, [1, 2, 3])
     assert row["match"] is True and row["diverge_at"] is None
