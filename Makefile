@@ -72,7 +72,7 @@ results: $(STAMP)
 	$(PY) -m vsd.analysis.results --runs docs/records/paper/gpu --page docs/results.md --figures docs/results/gpu --block gpu
 	$(PY) -m vsd.analysis.regimes --runs docs/records/regimes/gpu --page docs/results.md --figures docs/results/regimes --block regimes
 	$(PY) -m vsd.analysis.regimes --runs docs/records/regimes/cpu --page docs/results.md --figures docs/results/regimes_cpu --block regimes_cpu
-	$(PY) -m vsd.analysis.strong --runs docs/records/strong/gpu --page docs/results.md --block strong
+	$(PY) -m vsd.analysis.strong --runs docs/records/strong/gpu docs/records/strong/gpu2 --page docs/results.md --block strong
 
 clean-venv:
 	rm -rf $(VENV)

@@ -80,8 +80,36 @@ def test_block_reports_every_declared_arm_and_marks_the_missing_ones_not_run():
         assert f"| {name}" in text and "not run" in text.split(name, 1)[1].split("\n", 1)[0], name
     # sampled ran nothing: its selection says so, and each of its comparisons is "not run"
     assert "| sampled | not run | not run | not run | none (no val records) |" in text
-    assert "| 1 | source | VSD, L_M per token, α=3 − EAGLE-3 (control) |  | not run |" in text
-    assert "| 0 | sampled | EAGLE-3 + KL on own paths (α=0) − EAGLE-3 (control) |  | not run |" in text
+    assert "| 1 | source | VSD, L_M per token, α=3 − EAGLE-3 (control) | – |  | not run |" in text
+    assert "| 0 | sampled | EAGLE-3 + KL on own paths (α=0) − EAGLE-3 (control) | – |  | not run |" in text
+
+
+def test_an_arm_is_compared_with_the_control_of_its_own_batch():
+    """Two GPU sessions: the second reran EAGLE-3 (close, not bit-equal) beside a new arm. The new arm meets the
+    second batch's control, the alpha arm its own batch's; the arms table lists EAGLE-3 once per batch and the
+    seed variance pools within batches (duplicate seeds across batches are not one arm)."""
+    df1, turns = _df(gain=0.10)
+    df1["batch"] = "gpu"
+    rng = np.random.default_rng(1)
+    rows: list[dict] = []
+    base = rng.integers(60, 80, N)
+    for s in range(2):
+        noise = rng.integers(-1, 2, N)
+        _run(rows, turns, "source", "eagle3", s, "test", 0.0, base + noise, rid=f"b2-e3-{s}")
+        _run(rows, turns, "source", "vsd-noe3", s, "test", 0.0, base + noise + 10, rid=f"b2-noe3-{s}")
+    df2 = pd.DataFrame(rows).assign(batch="gpu2")
+    df = pd.concat([df1, df2], ignore_index=True)
+    rows = strong.comparisons(df, turns)
+    noe3 = next(r for r in rows if r["a"] == "vsd-noe3" and r["T"] == 0.0 and r["regime"] == "source")
+    a3 = next(r for r in rows if r["a"] == "vsd-a3" and r["T"] == 0.0 and r["regime"] == "source")
+    assert noe3["batch"] == "gpu2" and noe3["n_b"] == 2 and noe3["rel"] < 0
+    assert a3["batch"] == "gpu" and a3["n_b"] == 3 and strong.verdict(a3) == "**yes**"
+    text = strong.render(
+        df, turns, pd.DataFrame(columns=["regime", "arm", "seed", "batch", *strong.VSD_DIAG])
+    )
+    assert "in 2 batches (gpu, gpu2; comparisons within one)" in text
+    e3 = [line for line in text.splitlines() if line.startswith("| 0 | source | EAGLE-3 (control) |")]
+    assert [line.split(" | ")[3:5] for line in e3] == [["gpu", "0,1,2"], ["gpu2", "0,1"]]
 
 
 def test_empty_records_render():

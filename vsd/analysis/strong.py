@@ -1,11 +1,14 @@
 """Issue 30's page section (docs/results.md, "Strong base"), regenerated from run records.
 
-    python -m vsd.analysis.strong --runs docs/records/strong/gpu --page docs/results.md --block strong
+    python -m vsd.analysis.strong --runs docs/records/strong/gpu docs/records/strong/gpu2 --page docs/results.md --block strong
 
 Runs are the ``strong_*`` experiments (conf/experiment/strong_*.yaml, driven by scripts/run_strong.py), named
 ``strong-<regime>-<arm>`` (``strong-base`` for the shipped base, evaluated only), each trained run's eval on
 the test split at T=0 (eval.method=reference), an eval-only run of its draft on the val split at T=0, and for
-the arms the selection keeps a T=1 decoded eval on the test split. Differences, their by-seed, by-prompt and
+the arms the selection keeps a T=1 decoded eval on the test split. Each ``--runs`` folder is one batch (one GPU
+session: its own data, its own EAGLE-3 control): an arm is compared with the control of its own batch, the
+latest batch holding both, since a rerun of the same seed on another machine is close but not bit-equal.
+Differences, their by-seed, by-prompt and
 combined intervals and the seed variance come from vsd.analysis.regimes (:func:`compare`,
 :func:`pooled_seed_var`): one code path for both blocks. The pre-declared rule (:func:`select_alpha`) reads
 the val records only; every comparison reads the test records only.
@@ -70,6 +73,18 @@ def arm_of(run_name: str) -> tuple[str, str] | None:
     return None
 
 
+def batch_of(run_dir: str | Path, runs_dirs: Sequence[str | Path]) -> str:
+    """The batch of a run: the name of the ``--runs`` folder it lies under (the last that holds it)."""
+    where = Path(run_dir).resolve()
+    names = [Path(d).name for d in runs_dirs if where.is_relative_to(Path(d).resolve())]
+    return names[-1] if names else ""
+
+
+def batches(df: pd.DataFrame) -> list[str]:
+    """The batches in the frame, in ``--runs`` order (a hand-made frame without the column is one batch)."""
+    return list(dict.fromkeys(df["batch"])) if len(df) and "batch" in df else [""]
+
+
 def load(runs_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """(one row per completed strong run: regime, arm, seed, split, T, metrics; per run id: its per-turn
     counts), the eval diagnostics recomputed from the eval rows (as vsd.analysis.regimes does)."""
@@ -79,6 +94,7 @@ def load(runs_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, dict[str, pd.Da
     if not len(df):
         return df, {}
     df = df[(df["status"] == "completed") & df["run_name"].astype(str).str.startswith("strong-")].copy()
+    df["batch"] = [batch_of(d, runs_dirs) for d in df["run_dir"]]
     if "eval/tau" not in df:
         return df.iloc[0:0], {}
     df = df[df["eval/tau"].notna()].copy()  # runs without an eval (data, features) are no arm's
@@ -104,12 +120,22 @@ def load(runs_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, dict[str, pd.Da
     return df, turns
 
 
-def runs(df: pd.DataFrame, regime: str, arm: str, split: str, T: float) -> pd.DataFrame:
-    """The completed runs of one arm (the base whatever the regime) on one split at one temperature."""
+def runs(
+    df: pd.DataFrame, regime: str, arm: str, split: str, T: float, batch: str | None = None
+) -> pd.DataFrame:
+    """The completed runs of one arm (the base whatever the regime) on one split at one temperature (of one
+    batch, or of every batch)."""
     sel = (df["arm"] == arm) & (df["split"] == split) & (df["T"] == T)
     if arm != "base":
         sel &= df["regime"] == regime
+    if batch is not None and "batch" in df:
+        sel &= df["batch"] == batch
     return df[sel].sort_values("seed")
+
+
+def _by_batch(df: pd.DataFrame) -> pd.DataFrame:
+    """The frame with each arm named per batch, so seed variance pools within a batch's arms."""
+    return df.assign(arm=df["arm"] + "@" + df["batch"]) if len(df) and "batch" in df else df
 
 
 def select_alpha(df: pd.DataFrame, regime: str) -> tuple[str | None, dict[str, float]]:
@@ -141,15 +167,19 @@ def comparisons(df: pd.DataFrame, turns: dict[str, pd.DataFrame]) -> list[dict]:
     test = df[df["split"] == "test"] if len(df) else df
     rows = []
     for T in (0.0, 1.0):
-        seed_var = pooled_seed_var(test, T)[0] if len(test) else math.nan
+        seed_var = pooled_seed_var(_by_batch(test), T)[0] if len(test) else math.nan
         for r in REGIMES:
             plan = [(fam, arm, "eagle3", fam_T) for fam, arm in chosen(df, r) for fam_T in [FAMILIES[fam][1]]]
             if T == 0.0:
                 plan.append(("power", "power", "eagle3", None))
             plan.append(("EAGLE-3 − base", "eagle3", "base", None))
             for fam, a, b, fam_T in plan:
-                ra = runs(test, r, a, "test", T) if len(test) else test
-                rb = runs(test, r, b, "test", T) if len(test) else test
+                ra = rb = test
+                for batch in batches(test)[::-1]:  # the latest batch that ran both sides
+                    ra = runs(test, r, a, "test", T, batch) if len(test) else test
+                    rb = runs(test, r, b, "test", T, batch) if len(test) else test
+                    if len(ra) and len(rb):
+                        break
                 c = compare(test, turns, ra, rb, seed_var, rng) if len(ra) and len(rb) else None
                 row = {
                     "T": T,
@@ -159,6 +189,7 @@ def comparisons(df: pd.DataFrame, turns: dict[str, pd.DataFrame]) -> list[dict]:
                     "b": b,
                     "primary": fam_T == T,
                     "ran": c is not None,
+                    "batch": str(ra["batch"].iloc[0]) if c is not None and "batch" in ra else "",
                 }
                 if c is not None:  # the % base, also where the difference is 0
                     row["b_tau"] = float(rb["eval/tau"].astype(float).mean())
@@ -189,47 +220,58 @@ def val_table(df: pd.DataFrame) -> list[str]:
 
 def arms_table(df: pd.DataFrame, diag: pd.DataFrame) -> list[str]:
     out = [
-        "| T | regime | arm | seeds | τ test (mean ± 95% CI over seeds) | τ val | train s | novel_frac | "
+        "| T | regime | arm | batch | seeds | τ test (mean ± 95% CI over seeds) | τ val | train s | novel_frac | "
         "mean U | accepted_not_top1 | ECE |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for T in (0.0, 1.0):
         for r in REGIMES:
             for arm, name in ARMS.items():
                 if r not in ARM_REGIMES.get(arm, REGIMES):
                     continue
-                g = runs(df, r, arm, "test", T) if len(df) else df
-                if not len(g):
+                ran = [(b, runs(df, r, arm, "test", T, b)) for b in batches(df)] if len(df) else []
+                ran = [(b, g) for b, g in ran if len(g)]
+                if not ran:
                     if T == 0.0 or arm in ("eagle3", "base", *(a for _, a in chosen(df, r))):
-                        out.append(f"| {T:g} | {r} | {name} | – | not run | – | – | – | – | – | – |")
+                        out.append(f"| {T:g} | {r} | {name} | – | – | not run | – | – | – | – | – | – |")
                     continue
-                m, h, _, _ = mean_ci(g["eval/tau"].astype(float))
-                tau = f"{m:.3f}" + (f" ± {h:.3f}" if math.isfinite(h) else "")
-                v = runs(df, r, arm, "val", T)
-                val = f"{v['eval/tau'].astype(float).mean():.3f}" if len(v) else "–"
-                secs = g["train/seconds"].mean() if "train/seconds" in g else math.nan
-                d = diag[(diag["regime"] == r) & (diag["arm"] == arm)] if len(diag) else diag
-                dcell = [
-                    f"{d[k].mean():.3f}" if len(d) and k in d and d[k].notna().any() else "–"
-                    for k in ("train/vsd/novel_frac", "train/vsd/mean_U")
-                ]
-                ecell = [
-                    f"{g[k].mean():.3f}" if k in g and g[k].notna().any() else "–"
-                    for k in ("eval/accepted_not_top1", "eval/ece")
-                ]
-                seeds = ",".join(str(int(s)) for s in sorted(g["seed"]))
-                out.append(
-                    f"| {T:g} | {r} | {name} | {seeds} | {tau} | {val} | "
-                    f"{f'{secs:.0f}' if math.isfinite(secs) else '–'} | {' | '.join(dcell)} | {' | '.join(ecell)} |"
-                )
+                for batch, g in ran:
+                    out.append(_arm_row(df, diag, T, r, arm, name, batch, g))
     return out
+
+
+def _arm_row(
+    df: pd.DataFrame, diag: pd.DataFrame, T: float, r: str, arm: str, name: str, batch: str, g: pd.DataFrame
+) -> str:
+    """One arms-table row: the test runs ``g`` of ``arm`` in ``batch``, with that batch's val and diagnostics."""
+    m, h, _, _ = mean_ci(g["eval/tau"].astype(float))
+    tau = f"{m:.3f}" + (f" ± {h:.3f}" if math.isfinite(h) else "")
+    v = runs(df, r, arm, "val", T, batch)
+    val = f"{v['eval/tau'].astype(float).mean():.3f}" if len(v) else "–"
+    secs = g["train/seconds"].mean() if "train/seconds" in g else math.nan
+    d = diag[(diag["regime"] == r) & (diag["arm"] == arm)] if len(diag) else diag
+    if len(d) and "batch" in d:
+        d = d[d["batch"] == batch]
+    dcell = [
+        f"{d[k].mean():.3f}" if len(d) and k in d and d[k].notna().any() else "–"
+        for k in ("train/vsd/novel_frac", "train/vsd/mean_U")
+    ]
+    ecell = [
+        f"{g[k].mean():.3f}" if k in g and g[k].notna().any() else "–"
+        for k in ("eval/accepted_not_top1", "eval/ece")
+    ]
+    seeds = ",".join(str(int(s)) for s in sorted(g["seed"]))
+    return (
+        f"| {T:g} | {r} | {name} | {batch or '–'} | {seeds} | {tau} | {val} | "
+        f"{f'{secs:.0f}' if math.isfinite(secs) else '–'} | {' | '.join(dcell)} | {' | '.join(ecell)} |"
+    )
 
 
 def comparisons_table(rows: list[dict]) -> list[str]:
     out = [
-        "| T | regime | comparison | judged here first | Δτ | Δτ % | by seed (n) | combined, 95% | "
+        "| T | regime | comparison | batch | judged here first | Δτ | Δτ % | by seed (n) | combined, 95% | "
         "detectable (80% power) | ≥ +5%, CI > 0 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in rows:
         label = f"{ARMS[c['a']]} − {ARMS[c['b']]}"
@@ -237,7 +279,8 @@ def comparisons_table(rows: list[dict]) -> list[str]:
         is_test = c["b"] == "eagle3" and c["a"] != "power"  # the pre-declared test; the rest is context
         if not c["ran"]:
             out.append(
-                f"| {c['T']:g} | {c['regime']} | {label} | {first} | not run | | | | | {'not run' if is_test else ''} |"
+                f"| {c['T']:g} | {c['regime']} | {label} | – | {first} | not run | | | | | "
+                f"{'not run' if is_test else ''} |"
             )
             continue
         seed = (
@@ -250,7 +293,8 @@ def comparisons_table(rows: list[dict]) -> list[str]:
         key = "mde" if "mde" in c else "mde_prompt"
         mde = f"{_fmt(c.get(key), signed=False)} ({100 * c.get(key, math.nan) / ref:.1f}%)"
         out.append(
-            f"| {c['T']:g} | {c['regime']} | {label} | {first} | {_fmt(c['diff'])} | {100 * c['rel']:+.1f}% | "
+            f"| {c['T']:g} | {c['regime']} | {label} | {c.get('batch') or '–'} | {first} | {_fmt(c['diff'])} | "
+            f"{100 * c['rel']:+.1f}% | "
             f"{seed} | {comb} | {mde} | {verdict(c) if is_test else ''} |"
         )
     return out
@@ -266,11 +310,16 @@ def vsd_diagnostics(runs_dirs: Sequence[str | Path]) -> pd.DataFrame:
         if ra is None or not src.has("train_log.jsonl"):
             continue
         log = pd.DataFrame(src.read_jsonl("train_log.jsonl", []))
-        row = {"regime": ra[0], "arm": ra[1], "seed": run["seed"]}
+        row = {
+            "regime": ra[0],
+            "arm": ra[1],
+            "seed": run["seed"],
+            "batch": batch_of(run["run_dir"], runs_dirs),
+        }
         for k in VSD_DIAG:
             row[k] = float(log[k].dropna().mean()) if k in log and log[k].notna().any() else math.nan
         rows.append(row)
-    return pd.DataFrame(rows, columns=["regime", "arm", "seed", *VSD_DIAG])
+    return pd.DataFrame(rows, columns=["regime", "arm", "seed", "batch", *VSD_DIAG])
 
 
 def render(df: pd.DataFrame, turns: dict[str, pd.DataFrame], diag: pd.DataFrame) -> str:
@@ -278,15 +327,17 @@ def render(df: pd.DataFrame, turns: dict[str, pd.DataFrame], diag: pd.DataFrame)
     met = [c for c in rows if c["primary"] and verdict(c) == "**yes**"]
     primary = [c for c in rows if c["primary"]]  # each family's test at its first temperature
     shas = sorted({str(s)[:10] for s in df["git_sha"].dropna()}) if len(df) and "git_sha" in df else []
+    named = [b for b in batches(df) if b]
+    where = f" in {len(named)} batches ({', '.join(named)}; comparisons within one)" if len(named) > 1 else ""
     test = df[df["split"] == "test"] if len(df) else df
     sds = []
     for T in (0.0, 1.0):
-        var, dof = pooled_seed_var(test, T) if len(test) else (math.nan, 0)
+        var, dof = pooled_seed_var(_by_batch(test), T) if len(test) else (math.nan, 0)
         sds.append(f"T={T:g} {math.sqrt(var):.4f} ({dof} dof)" if dof else f"T={T:g} –")
     out = [
         "_Generated by `python -m vsd.analysis.strong`; do not edit by hand._",
         "",
-        f"Runs: {len(df)} completed; git {', '.join(shas) or '–'}. Seed SD of test τ pooled over arms with ≥ 2 "
+        f"Runs: {len(df)} completed{where}; git {', '.join(shas) or '–'}. Seed SD of test τ pooled over arms with ≥ 2 "
         f"seeds: {'; '.join(sds)}. Pre-declared test met (judged at the family's own temperature first): "
         + (", ".join(f"{c['regime']} {ARMS[c['a']]} at T={c['T']:g}" for c in met) if met else "in no arm")
         + f" ({sum(c['ran'] for c in primary)} of {len(primary)} comparisons ran).",
