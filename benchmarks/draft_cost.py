@@ -11,6 +11,11 @@ same script measures an older checkout: ``PYTHONPATH=/path/to/old/checkout pytho
 
     .venv/bin/python benchmarks/draft_cost.py --draft DIR [--dtypes float32,bfloat16] [--prompts 4]
         [--max-new 64] [--temperature 0] [--depth 5 --top-k 8 --total 32] [--threads 1]
+        [--kernel fp16_weights]
+
+``--kernel K`` runs the target with the CPU kernel K (eval.target_kernel; vsd/models/cpu_kernels.py) and
+compares, in float32, the draft head left dense with the head following the target's kernel (what the eval
+decodes with). t1 is then K's one-token step.
 """
 
 from __future__ import annotations
@@ -55,10 +60,17 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=8)
     ap.add_argument("--total", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--kernel", default="dense", help="the target's CPU kernel; not dense: head dense vs following"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    _, cfg = compose([])[0]
+    _, cfg = compose(["dtype=float32"] if args.kernel != "dense" else [])[0]
     target = load_target(cfg.model, cfg.paths.cache_dir, "cpu", cfg.dtype)
+    if args.kernel != "dense":
+        from vsd.models.cpu_kernels import with_kernel
+
+        target = with_kernel(target, args.kernel)
     drafter = load_draft(args.draft, target)
     base = dataclasses.replace(
         cfg.decoding,
@@ -68,26 +80,34 @@ def main() -> None:
         top_k=args.top_k,
         total_tokens=args.total,
     )
-    dtypes = args.dtypes.split(",")
-    dcfgs = {dt: dataclasses.replace(base, draft_dtype=dt) for dt in dtypes}
+    if args.kernel == "dense":  # row label -> (drafter, decoding config)
+        rows = {dt: (drafter, dataclasses.replace(base, draft_dtype=dt)) for dt in args.dtypes.split(",")}
+    else:
+        from vsd.decoding.eagle import EagleDrafter
+
+        fp32 = dataclasses.replace(base, draft_dtype="float32")
+        dense = EagleDrafter(drafter.head, target.dtype, kernel="dense")
+        rows = {"float32, head dense": (dense, fp32), f"float32, head {args.kernel}": (drafter, fp32)}
+    dtypes = list(rows)
     ids = [target.chat_ids([{"role": "user", "content": t}]) for t in PROMPTS[: args.prompts]]
     gen = torch.Generator().manual_seed(0)
     for dt in dtypes:  # warm-up
-        generate_ar(target, ids[0], dcfgs[dt], generator=gen)
-        generate_spec(target, drafter, ids[0], dcfgs[dt], generator=gen)
+        generate_ar(target, ids[0], rows[dt][1], generator=gen)
+        generate_spec(target, rows[dt][0], ids[0], rows[dt][1], generator=gen)
     ar_s = ar_tok = 0.0
-    per = {dt: [0.0, 0.0, 0] for dt in dtypes}  # wall, draft seconds, steps
+    per = {dt: [0.0, 0.0, 0, 0] for dt in dtypes}  # wall, draft seconds, steps, new tokens
     for i, x in enumerate(ids):
         order = dtypes if i % 2 == 0 else dtypes[::-1]
         ar = generate_ar(target, x, base, generator=gen)
         ar_s += ar.wall_s
         ar_tok += len(ar.tokens)
         for dt in order:
-            r = generate_spec(target, drafter, x, dcfgs[dt], generator=gen)
+            r = generate_spec(target, rows[dt][0], x, rows[dt][1], generator=gen)
             p = per[dt]
             p[0] += r.wall_s
             p[1] += r.draft_s
             p[2] += len(r.accepted)
+            p[3] += len(r.tokens)
     costs = [measure_forward_costs(target, ids[0], base) for _ in range(3)]
     t1 = statistics.median(c["t1_s"] for c in costs)
     c_verify = statistics.median(c["c_verify"] for c in costs)
@@ -95,13 +115,18 @@ def main() -> None:
         f"t1 {1000 * t1:.1f} ms (AR in the loop: {1000 * ar_s / ar_tok:.1f} ms/token); "
         f"c_verify({int(costs[0]['verify_tokens'])} tokens) {c_verify:.2f}"
     )
-    print("| draft dtype | c_draft per level | draft ms per level | step (t1) |")
-    print("|---|---|---|---|")
+    print(f"target kernel {target.kernel}, {torch.get_num_threads()} thread(s), {len(ids)} prompts")
+    print("| draft | c_draft per level | draft ms per level | step (t1) | tau | speedup vs AR in the loop |")
+    print("|---|---|---|---|---|---|")
     for dt in dtypes:
-        wall, dr, steps = per[dt]
+        wall, dr, steps, new = per[dt]
         lvl = dr / steps / args.depth
-        print(f"| {dt} | {lvl / t1:.3f} | {1000 * lvl:.2f} | {wall / steps / t1:.2f} |")
-    breakdown(target, drafter, ids, dcfgs[dtypes[-1]], args.depth)
+        speed = (ar_s / ar_tok) / (wall / new)
+        print(
+            f"| {dt} | {lvl / t1:.3f} | {1000 * lvl:.2f} | {wall / steps / t1:.2f} | {new / steps:.2f} | "
+            f"{speed:.2f}x |"
+        )
+    breakdown(target, rows[dtypes[-1]][0], ids, rows[dtypes[-1]][1], args.depth)
 
 
 def breakdown(target, drafter, ids, dcfg, depth: int) -> None:

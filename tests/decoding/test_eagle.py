@@ -68,3 +68,25 @@ def test_cache_holds_committed_entries_only(setup):
     for a, b in ((d.runner.cache.k, ref.runner.cache.k), (d.runner.cache.v, ref.runner.cache.v)):
         torch.testing.assert_close(a[..., :6, :], b[..., :6, :])
     assert t2.tokens.tolist() == t_ref.tokens.tolist() and t2.parents.tolist() == t_ref.parents.tolist()
+
+
+def test_the_head_follows_the_targets_cpu_kernel(setup, tmp_path):
+    """On the fp16-weight target (eval.target_kernel) the loaded head's layers run the same kernel, except fc
+    (the runners read dtype and device from it); its proposals only propose, so T=0 output still equals AR;
+    the dense target keeps a dense head."""
+    import dataclasses
+
+    from vsd.models.cpu_kernels import with_kernel
+
+    cfg, target, head = setup
+    head.save(tmp_path / "d")
+    fp16 = with_kernel(target, "fp16_weights")
+    drafter = load_draft(tmp_path / "d", fp16)
+    q = drafter.head_in("target")
+    quantized = torch.ao.nn.quantized.dynamic.Linear
+    assert isinstance(q.lm_head, quantized) and isinstance(q.layers[0].q_proj, quantized)
+    assert type(q.fc) is torch.nn.Linear and q.fc.weight.dtype == torch.float32
+    assert type(load_draft(tmp_path / "d", target).head_in("target").lm_head) is torch.nn.Linear
+    dcfg = dataclasses.replace(cfg.decoding, mode="tree")
+    prompt = fp16.chat_ids([{"role": "user", "content": "abcabcabc"}])
+    assert generate_spec(fp16, drafter, prompt, dcfg).tokens == generate_ar(fp16, prompt, dcfg).tokens

@@ -40,10 +40,13 @@ class EagleDrafter:
     name = "eagle3"
     needs_features = True
 
-    def __init__(self, head: DraftHead, target_dtype: torch.dtype | None = None):
+    def __init__(self, head: DraftHead, target_dtype: torch.dtype | None = None, kernel: str = "dense"):
         self.head = head.eval()
         self.target_dtype = target_dtype  # what decoding.draft_dtype=target means
-        self._heads: dict[torch.dtype, DraftHead] = {head.fc.weight.dtype: self.head}
+        self.kernel = kernel  # the target's CPU kernel (vsd/models/cpu_kernels.py), which the head follows
+        self._heads: dict[torch.dtype, DraftHead] = (
+            {head.fc.weight.dtype: self.head} if kernel == "dense" else {}
+        )
         self.device = head.fc.weight.device
         self.runner: EagerDraftRunner | GraphDraftRunner | None = None
         self._runners: dict[tuple, EagerDraftRunner | GraphDraftRunner] = {}
@@ -63,7 +66,14 @@ class EagleDrafter:
         else:
             dtype = resolve_dtype(name, "hf", str(self.device))  # the project's one name -> dtype map
         if dtype not in self._heads:
-            self._heads[dtype] = copy.deepcopy(self.head).to(dtype)
+            head = copy.deepcopy(self.head).to(dtype)
+            if self.kernel != "dense" and dtype == torch.float32:
+                from vsd.models.cpu_kernels import quantize_linears
+
+                # fc stays dense: it fuses a few feature rows per step, and the runners read dtype and device
+                # from its weight
+                head = quantize_linears(head, self.kernel, keep=("fc",))
+            self._heads[dtype] = head
         return self._heads[dtype]
 
     def _runner_for(self, dcfg: DecodingConfig) -> EagerDraftRunner | GraphDraftRunner:
@@ -160,4 +170,4 @@ def load_draft(path: str | Path, target, device: str | torch.device | None = Non
     from vsd.models.formats import load_head
 
     head, _ = load_head(path, target, device=device or target.device, key="draft.checkpoint")
-    return EagleDrafter(head, target.dtype)
+    return EagleDrafter(head, target.dtype, kernel=getattr(target, "kernel", "dense"))

@@ -15,8 +15,10 @@ The candidates, each a copy of the target whose ``nn.Linear`` layers (the LM hea
 
 ``eval.target_kernel=auto`` times the lossless candidates at each thread count on this machine, in this
 process, and keeps the fastest (numbers: docs/training.md). The eval decodes AR, the peers and speculative
-decoding with that one target, so the choice changes every method alike. Training and features keep the dense
-target; CUDA always runs dense.
+decoding with that one target, so the choice changes every method alike. The EAGLE draft head follows the
+target's kernel (vsd/decoding/eagle.py): its output only proposes tokens, so any kernel keeps the target's
+output, and in fp32 on two AVX2 cores its per-level matmuls cost what the target's do. Training and features
+keep the dense target; CUDA always runs dense.
 """
 
 from __future__ import annotations
@@ -42,15 +44,19 @@ def with_kernel(target: Target, kernel: str) -> Target:
         raise ValueError(f"unknown kernel {kernel!r}")
     if target.device.type != "cpu":
         raise ValueError(f"{kernel} runs on the CPU only")
+    model = quantize_linears(target.model.float() if target.dtype != torch.float32 else target.model, kernel)
+    return Target(model, target.tokenizer, target.name, target.feature_layers, kernel=kernel)
+
+
+def quantize_linears(module: torch.nn.Module, kernel: str, keep: tuple[str, ...] = ()) -> torch.nn.Module:
+    """A copy of a float32 ``module`` whose ``nn.Linear`` layers, but those named in ``keep``, run ``kernel``'s
+    FBGEMM dynamic kernels (``module`` itself for ``dense``)."""
+    if kernel == "dense":
+        return module
+    names = {n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear) and n not in keep}
     with warnings.catch_warnings():  # torch.ao's eager quantization is deprecated in favour of torchao
         warnings.simplefilter("ignore")
-        model = torch.ao.quantization.quantize_dynamic(
-            target.model.float() if target.dtype != torch.float32 else target.model,
-            {torch.nn.Linear},
-            dtype=KERNELS[kernel],
-            inplace=False,
-        )
-    return Target(model, target.tokenizer, target.name, target.feature_layers, kernel=kernel)
+        return torch.ao.quantization.quantize_dynamic(module, names, dtype=KERNELS[kernel], inplace=False)
 
 
 def step_ms(target: Target, new_tokens: int, context: int = 128, reps: int = 7) -> float:
