@@ -61,7 +61,10 @@ def main() -> None:
     ap.add_argument("--total", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
-        "--kernel", default="dense", help="the target's CPU kernel; not dense: head dense vs following"
+        "--kernel",
+        default="dense",
+        choices=["dense", "fp16_weights", "int8"],  # vsd.models.cpu_kernels.KERNELS
+        help="the target's CPU kernel; not dense: the head dense against the head on the target's kernel",
     )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

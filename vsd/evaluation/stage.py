@@ -48,7 +48,7 @@ KERNEL_CHOICE = "target_kernel.json"  # in the run dir: eval.target_kernel=auto'
 
 def _earlier_kernel_choice(ctx, tries: list[int]) -> dict[str, Any] | None:
     """The kernel an earlier attempt of this run measured under ``eval.target_kernel=auto`` with the same
-    thread counts to try, or None (not auto, not resumed, or another machine's choice)."""
+    thread counts to try, or None (not auto, no earlier attempt, or one that tried other thread counts)."""
     import json
 
     path = Path(ctx.run_dir) / KERNEL_CHOICE
@@ -57,7 +57,7 @@ def _earlier_kernel_choice(ctx, tries: list[int]) -> dict[str, Any] | None:
     try:
         earlier = json.loads(path.read_text())
     except ValueError:
-        return None  # torn by an interrupted write: measure again
+        return None  # not the JSON this stage writes (atomically): measure again
     ok = isinstance(earlier, dict) and earlier.get("tries") == tries and "threads" in earlier
     from vsd.models.cpu_kernels import LOSSLESS
 
